@@ -1,0 +1,45 @@
+"""densegraph: a compiler for densely connected networks.
+
+YAML spec -> :func:`load_spec` -> :func:`build_graph` (a networkx connection graph with exact cost) -> backends
+(``densegraph.lower.torch``, ``densegraph.export.onnx``, ``densegraph.export.tensorrt``). Importing this package
+imports neither torch, onnx, onnxruntime nor tensorrt; the backends are loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import DensegraphError, Loc, SpecError
+from .graph import build_graph, check_graph, graph_from_spec
+from .spec import Spec, load_spec, spec_from_string
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DensegraphError",
+    "Loc",
+    "SpecError",
+    "Spec",
+    "load_spec",
+    "spec_from_string",
+    "build_graph",
+    "graph_from_spec",
+    "check_graph",
+    "to_torch",
+    "freeze",
+    "__version__",
+]
+
+
+def to_torch(spec_or_graph: Any, **kwargs: Any) -> Any:
+    """Lower a spec or connection graph to a ``torch.nn.Module`` (see :mod:`densegraph.lower.torch`)."""
+    from .lower.torch import to_torch as _to_torch
+
+    return _to_torch(spec_or_graph, **kwargs)
+
+
+def freeze(module: Any, **kwargs: Any) -> Any:
+    """Turn a trained module into a fast inference module (see :mod:`densegraph.lower.torch`)."""
+    from .lower.torch import freeze as _freeze
+
+    return _freeze(module, **kwargs)

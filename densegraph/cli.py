@@ -1,0 +1,238 @@
+"""The ``densegraph`` command line.
+
+Each subcommand's work lives in the stage module that owns it; this file only parses arguments, imports the
+stage lazily (``validate``, ``summary`` and ``graph`` never import torch, onnx or onnxruntime) and turns a
+:class:`~densegraph.errors.DensegraphError` into one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import DensegraphError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USER_ERROR = 2
+
+
+def _positive_int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _batch_range(text: str) -> tuple[int, int, int]:
+    parts = text.split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX (e.g. 1:8:32), got {text!r}") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not (0 < values[0] <= values[1] <= values[2]):
+        raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX with 0 < MIN <= OPT <= MAX, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validate / summary / graph: spec and graph stages only
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .graph import build_graph
+    from .spec import load_spec
+
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path)
+            build_graph(spec)
+        except DensegraphError as exc:
+            print(exc.format(), file=sys.stderr)
+            failed += 1
+            continue
+        if not args.quiet:
+            print(f"{path}: ok ({spec.name}, {sum(b.layers for b in spec.blocks)} dense layers)")
+    return EXIT_USER_ERROR if failed else 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .graph import build_graph
+    from .spec import load_spec
+    from .summary import print_summary, summary_dict
+
+    graph = build_graph(load_spec(args.spec))
+    if args.json:
+        print(json.dumps(summary_dict(graph, per_node=args.nodes)))
+    else:
+        print_summary(graph, per_node=args.nodes)
+    return 0
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import build_graph
+    from .spec import load_spec
+    from .viz import write_graph
+
+    graph = build_graph(load_spec(args.spec))
+    write_graph(graph, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the stages that need a backend: imported on use
+
+
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module, __package__), function)(args) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="densegraph",
+        description="A compiler for densely connected networks: YAML spec -> graph -> PyTorch, ONNX, TensorRT.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", help="check specs and their connection graphs")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("summary", help="per-block table of channels, sizes, params, MACs, activations")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--nodes", action="store_true", help="list every node, not only blocks and transitions")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("graph", help="write the connection graph (.json node-link, .dot, .svg, .png)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.set_defaults(func=_cmd_graph)
+
+    p = sub.add_parser("build", help="build a verified ONNX model (and optionally a TensorRT engine)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--weights", metavar="W", help="a state_dict or checkpoint (torchvision keys accepted)")
+    p.add_argument("-o", "--output", metavar="DIR", help="output folder (default build/<name>/)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--calib", metavar="SRC", help="int8 calibration data: digits, an image folder or a .npy file")
+    p.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration samples (default 256)")
+    p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
+    p.add_argument("--opset", type=int, default=19, metavar="N", help="ONNX opset (default 19)")
+    p.add_argument("--target", choices=("onnx", "tensorrt"), default="onnx")
+    p.add_argument("--plain", action="store_true", help="export without the graph rewrites (for comparison)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization when no --weights")
+    p.add_argument("--workspace", type=float, metavar="GiB", help="TensorRT workspace pool limit")
+    p.add_argument("--dla", type=int, metavar="CORE", help="build for this DLA core (Jetson), GPU fallback")
+    p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
+    p.add_argument("--hardware-compat", action="store_true", help="TensorRT engine for Ampere and newer GPUs")
+    p.set_defaults(func=_lazy(".build", "run_build"))
+
+    p = sub.add_parser("engine", help="build a TensorRT engine from an ONNX model (on the target device)")
+    p.add_argument("onnx", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.engine")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
+    p.add_argument("--workspace", type=float, metavar="GiB")
+    p.add_argument("--dla", type=int, metavar="CORE")
+    p.add_argument("--timing-cache", metavar="FILE")
+    p.add_argument("--hardware-compat", action="store_true")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
+    p.set_defaults(func=_lazy(".export.tensorrt", "run_engine_command"))
+
+    p = sub.add_parser("import-weights", help="convert a torchvision state_dict or checkpoint for a spec")
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("--spec", required=True, metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pt")
+    p.set_defaults(func=_lazy(".lower.weights", "run_import_weights"))
+
+    p = sub.add_parser("train", help="train a spec on real data (digits or an image folder)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--data", required=True, metavar="digits|DIR")
+    p.add_argument("-o", "--output", required=True, metavar="RUN")
+    p.add_argument("--epochs", type=int, default=None, metavar="N")
+    p.add_argument("--batch-size", type=int, default=64, metavar="B")
+    p.add_argument("--lr", type=float, default=0.1, metavar="LR")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-efficient", action="store_true", help="shared block buffers, recomputed BN-ReLU")
+    p.set_defaults(func=_lazy(".train", "run_train"))
+
+    p = sub.add_parser("eval", help="top-1 of a spec+weights, a model.onnx or a model.engine on real data")
+    p.add_argument("model", metavar="SPEC|MODEL.onnx|MODEL.engine")
+    p.add_argument("--weights", metavar="W")
+    p.add_argument("--data", required=True, metavar="digits|DIR")
+    p.add_argument("--batch-size", type=int, default=64, metavar="B")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lazy(".evaluate", "run_eval"))
+
+    p = sub.add_parser("bench", help="latency and throughput of a spec, a model.onnx or a model.engine")
+    p.add_argument("model", metavar="SPEC|MODEL.onnx|MODEL.engine")
+    p.add_argument("--weights", metavar="W")
+    p.add_argument("--batch", type=_positive_int_list, default=[1, 8], metavar="1,8")
+    p.add_argument("--iters", type=int, default=20, metavar="N")
+    p.add_argument("--warmup", type=int, default=3, metavar="N")
+    p.add_argument("--frozen", action="store_true", help="PyTorch: bench the frozen inference module")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lazy(".bench", "run_bench"))
+
+    p = sub.add_parser("heatmap", help="the paper's Fig. 5: average |weight| from each source to each layer")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--weights", required=True, metavar="W")
+    p.add_argument("-o", "--output", required=True, metavar="FIG.png")
+    p.add_argument("--json", action="store_true", help="also write the matrices to FIG.json")
+    p.set_defaults(func=_lazy(".viz", "run_heatmap"))
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], Any] = args.func
+    try:
+        return int(func(args) or 0)
+    except DensegraphError as exc:
+        if args.debug:
+            raise
+        print(exc.format(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:
+        print(
+            "densegraph: internal error (a bug in densegraph, not in your input); please report it with the "
+            "traceback below",
+            file=sys.stderr,
+        )
+        raise

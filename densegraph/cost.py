@@ -1,0 +1,67 @@
+"""Exact cost of primitive operations: output shape, parameters, multiply-accumulates.
+
+MACs count the multiply-accumulates of convolutions and linear layers only (the convention of torchvision's
+and the paper's figures); BatchNorm, ReLU, pooling and concatenation are memory-bound and counted as
+activations instead. Parameters are trainable ones (BatchNorm running statistics are buffers, not parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["op_output", "op_params", "op_macs", "totals"]
+
+Size = tuple[int, int]
+
+
+def _window(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def op_output(op: dict[str, Any], channels: int, size: Size) -> tuple[int, Size]:
+    """Channels and spatial size after ``op`` given its input (sizes may come out <= 0: callers check)."""
+    kind = op["op"]
+    h, w = size
+    if kind == "conv":
+        k, s, p = op["kernel"], op["stride"], op["padding"]
+        return op["out_channels"], (_window(h, k, s, p), _window(w, k, s, p))
+    if kind in ("maxpool", "avgpool"):
+        k, s, p = op["kernel"], op["stride"], op.get("padding", 0)
+        return channels, (_window(h, k, s, p), _window(w, k, s, p))
+    if kind == "global_avgpool":
+        return channels, (1, 1)
+    if kind == "linear":
+        return op["out_features"], (1, 1)
+    if kind in ("bn", "relu", "dropout"):
+        return channels, size
+    raise ValueError(f"unknown op kind {kind!r}")
+
+
+def op_params(op: dict[str, Any]) -> int:
+    """Trainable parameters of ``op``."""
+    kind = op["op"]
+    if kind == "conv":
+        k = op["kernel"]
+        return op["out_channels"] * op["in_channels"] * k * k + (op["out_channels"] if op.get("bias") else 0)
+    if kind == "bn":
+        return 2 * op["channels"]
+    if kind == "linear":
+        return op["out_features"] * op["in_features"] + (op["out_features"] if op.get("bias") else 0)
+    return 0
+
+
+def op_macs(op: dict[str, Any], out_size: Size) -> int:
+    """Multiply-accumulates of ``op`` for one sample, given its output spatial size."""
+    kind = op["op"]
+    if kind == "conv":
+        k = op["kernel"]
+        return out_size[0] * out_size[1] * op["out_channels"] * op["in_channels"] * k * k
+    if kind == "linear":
+        return op["out_features"] * op["in_features"]
+    return 0
+
+
+def totals(graph: Any) -> dict[str, int]:
+    """Sum of the per-node cost attributes of a connection graph."""
+    keys = ("params", "macs", "activations", "concat_elements")
+    return {key: sum(int(data.get(key, 0)) for _, data in graph.nodes(data=True)) for key in keys}

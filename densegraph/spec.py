@@ -1,0 +1,566 @@
+"""The spec language: YAML in, a validated :class:`Spec` out, every field with its source location.
+
+A spec describes a densely connected network by its hyper-parameters (see README, "The spec format")::
+
+    name: densenet121
+    input: {channels: 3, size: 224}
+    growth_rate: 32          # k
+    bottleneck: 4            # 1x1 width = bottleneck * k; 0 = no bottleneck
+    compression: 0.5         # theta of the transitions; 1.0 = none
+    stem: {kind: imagenet, channels: 64}
+    blocks: [6, 12, 24, 16]  # or mappings: {layers: 6, growth_rate: 48, connectivity: {kind: window, size: 4}}
+    head: {classes: 1000}
+
+Only safe YAML is read (``yaml.compose`` with ``SafeLoader``), duplicate keys are rejected, and ``extends:``
+merges a base spec (relative path, cycles rejected) under the overrides.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import Loc, SpecError
+
+__all__ = [
+    "Spec",
+    "Block",
+    "Stem",
+    "Head",
+    "Connectivity",
+    "load_spec",
+    "spec_from_string",
+    "CONNECTIVITY_KINDS",
+    "STEM_KINDS",
+    "LIMITS",
+]
+
+CONNECTIVITY_KINDS = ("dense", "window", "log")
+STEM_KINDS = ("imagenet", "cifar")
+
+# Sizes past these are refused while reading, before any graph or tensor is allocated.
+LIMITS = {
+    "layers": 4096,  # per block
+    "total_layers": 16384,
+    "blocks": 64,
+    "growth_rate": 8192,
+    "channels": 65536,
+    "bottleneck": 64,
+    "size": 16384,
+    "classes": 1_000_000,
+    "window": 4096,
+    "yaml_nodes": 100_000,
+    "extends_depth": 32,
+}
+
+
+@dataclass(frozen=True)
+class Connectivity:
+    """Which earlier feature maps a layer of a dense block takes.
+
+    ``dense``: the block input and every earlier layer (the paper's rule). ``window`` (``size`` n): the block
+    input and the n most recent layers. ``log``: the sources at distances 1, 2, 4, 8, … (Log-DenseNet), the
+    block input counting as layer 0.
+    """
+
+    kind: str = "dense"
+    size: int | None = None
+    loc: Loc | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Stem:
+    """The layers before the first block: ``imagenet`` (conv7x7/2, BN, ReLU, maxpool3x3/2) or ``cifar``
+    (conv3x3/1)."""
+
+    kind: str
+    channels: int
+    loc: Loc | None = field(default=None, compare=False)
+    locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One dense block, with every per-block option resolved (overrides over the spec's defaults).
+
+    ``compression`` belongs to the transition that follows the block (unused for the last block).
+    """
+
+    layers: int
+    growth_rate: int
+    bottleneck: int
+    dropout: float
+    compression: float
+    connectivity: Connectivity
+    loc: Loc | None = field(default=None, compare=False)
+    locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The classifier: BN, ReLU, global average pool, linear to ``classes``."""
+
+    classes: int
+    loc: Loc | None = field(default=None, compare=False)
+    locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated model spec. ``locs`` maps each top-level key to where it was written."""
+
+    name: str
+    input_channels: int
+    input_size: tuple[int, int]
+    growth_rate: int
+    bottleneck: int
+    compression: float
+    dropout: float
+    stem: Stem
+    blocks: tuple[Block, ...]
+    head: Head
+    connectivity: Connectivity
+    path: str = "<string>"
+    loc: Loc | None = field(default=None, compare=False)
+    locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+
+    def loc_of(self, key: str) -> Loc:
+        """Where ``key`` was written, or the spec file itself when it was defaulted."""
+        return self.locs.get(key) or self.loc or Loc(self.path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML -> located values
+
+
+@dataclass
+class _Val:
+    """A YAML value with the location of the value and (inside a mapping) of its key."""
+
+    value: Any  # scalar, list[_Val] or dict[str, _Val]
+    loc: Loc
+    key_loc: Loc | None = None
+
+    @property
+    def where(self) -> Loc:
+        return self.loc
+
+
+def _mark_loc(file: str, mark: Any) -> Loc:
+    if mark is None:
+        return Loc(file)
+    return Loc(file, mark.line + 1, mark.column + 1)
+
+
+class _Converter:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.count = 0
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def convert(self, node: yaml.Node, depth: int = 0) -> _Val:
+        self.count += 1
+        loc = _mark_loc(self.file, node.start_mark)
+        if self.count > LIMITS["yaml_nodes"] or depth > 64:
+            raise SpecError(
+                "the YAML document is too large or too deeply nested",
+                loc=loc,
+                hint="a spec is a short document; check for runaway anchors/aliases",
+            )
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, _Val] = {}
+            try:
+                self.constructor.flatten_mapping(node)  # resolves "<<" merge keys
+            except yaml.MarkedYAMLError as exc:
+                raise _yaml_error(self.file, exc) from None
+            for key_node, value_node in node.value:
+                key_loc = _mark_loc(self.file, key_node.start_mark)
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                    raise SpecError(
+                        f"mapping keys must be plain names, got {key_node.value!r}"
+                        if isinstance(key_node, yaml.ScalarNode)
+                        else "mapping keys must be plain names",
+                        loc=key_loc,
+                        hint="write keys such as growth_rate, blocks, stem",
+                    )
+                key = key_node.value
+                if key in out:
+                    first = out[key].key_loc
+                    raise SpecError(
+                        f"duplicate key '{key}'",
+                        loc=key_loc,
+                        hint=f"'{key}' is already set at line {first.line if first else '?'}; keep one",
+                    )
+                val = self.convert(value_node, depth + 1)
+                val.key_loc = key_loc
+                out[key] = val
+            return _Val(out, loc)
+        if isinstance(node, yaml.SequenceNode):
+            return _Val([self.convert(item, depth + 1) for item in node.value], loc)
+        try:
+            value = self.constructor.construct_object(node)
+        except yaml.MarkedYAMLError as exc:
+            raise _yaml_error(self.file, exc) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise SpecError(f"cannot read this value: {exc}", loc=loc) from None
+        return _Val(value, loc)
+
+
+def _yaml_error(file: str, exc: yaml.MarkedYAMLError) -> SpecError:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "invalid YAML"
+    if "could not determine a constructor" in str(exc):
+        problem = f"unsupported YAML tag {str(exc).split('tag')[-1].split(chr(10))[0].strip()}"
+        return SpecError(problem, loc=_mark_loc(file, mark), hint="only plain YAML (safe tags) is accepted")
+    context = f" {exc.context}" if exc.context and exc.problem else ""
+    return SpecError(f"invalid YAML: {problem}{context}", loc=_mark_loc(file, mark), hint="check the indentation and quoting")
+
+
+def _parse_text(text: str, file: str) -> _Val:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(file, exc) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", loc=Loc(file)) from None
+    if node is None:
+        raise SpecError("the spec is empty", loc=Loc(file, 1, 1), hint="a spec is a mapping with at least 'blocks'")
+    root = _Converter(file).convert(node)
+    if not isinstance(root.value, dict):
+        raise SpecError(
+            f"the spec must be a mapping of keys, got a {_type_name(root.value)}",
+            loc=root.loc,
+            hint="start with 'name:', 'growth_rate:', 'blocks:' …",
+        )
+    return root
+
+
+def _read_file(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError("no such file", loc=Loc(str(path)), hint="check the path to the spec") from None
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a spec file", loc=Loc(str(path))) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the file: {exc.strerror}", loc=Loc(str(path))) from None
+    if len(data) > 1_000_000:
+        raise SpecError("the spec file is larger than 1 MB", loc=Loc(str(path)), hint="a spec is a short document")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"the file is not UTF-8 text (byte {exc.start})", loc=Loc(str(path))) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# extends: merge a base under the overrides
+
+
+def _merge(base: _Val, over: _Val) -> _Val:
+    if isinstance(base.value, dict) and isinstance(over.value, dict):
+        merged = dict(base.value)
+        for key, val in over.value.items():
+            merged[key] = _merge(base.value[key], val) if key in base.value else val
+        return _Val(merged, over.loc, over.key_loc)
+    return over
+
+
+def _load_tree(path: Path, display: str, chain: tuple[str, ...]) -> _Val:
+    text = _read_file(path)
+    root = _parse_text(text, display)
+    extends = root.value.pop("extends", None)
+    if extends is None:
+        return root
+    if not isinstance(extends.value, str) or not extends.value.strip():
+        raise SpecError("'extends' must be a relative path to another spec", loc=extends.loc, hint="extends: base.yaml")
+    if os.path.isabs(extends.value):
+        raise SpecError(
+            f"'extends' must be a path relative to this spec, got the absolute path {extends.value!r}",
+            loc=extends.loc,
+            hint="write it relative to the folder of this file",
+        )
+    base_path = (path.parent / extends.value).resolve()
+    key = str(base_path)
+    if key in chain:
+        raise SpecError(
+            f"'extends' cycle: {' -> '.join(Path(c).name for c in (*chain, key))}",
+            loc=extends.loc,
+            hint="a spec cannot extend itself, directly or through others",
+        )
+    if len(chain) >= LIMITS["extends_depth"]:
+        raise SpecError("'extends' chain is too deep", loc=extends.loc)
+    if not base_path.is_file():
+        raise SpecError(
+            f"'extends' names a file that does not exist: {extends.value}",
+            loc=extends.loc,
+            hint=f"looked for {base_path}",
+        )
+    base_display = os.path.relpath(base_path) if not os.path.isabs(display) else str(base_path)
+    base = _load_tree(base_path, base_display, (*chain, key))
+    merged = _merge(base, root)
+    if "name" not in root.value:  # a derived spec is named after its own file unless it says otherwise
+        merged.value.pop("name", None)
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return type(value).__name__
+
+
+def _unknown_keys(mapping: dict[str, _Val], allowed: tuple[str, ...], where: str) -> None:
+    for key, val in mapping.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+            raise SpecError(f"unknown key '{key}' in {where}", loc=val.key_loc or val.loc, hint=hint)
+
+
+def _int(val: _Val, what: str, *, minimum: int = 1, limit: str | None = None) -> int:
+    value = val.value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{what} must be an integer, got {_type_name(value)} {value!r}", loc=val.loc)
+    if isinstance(value, float) or not isinstance(value, int):
+        raise SpecError(f"{what} must be an integer, got {value!r}", loc=val.loc, hint=f"write {what} without a fraction")
+    if value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise SpecError(f"{what} must be {kind}, got {value}", loc=val.loc)
+    if limit is not None and value > LIMITS[limit]:
+        raise SpecError(
+            f"{what} of {value} is too large (the limit is {LIMITS[limit]})",
+            loc=val.loc,
+            hint="is this a typo? sizes this large cannot be built",
+        )
+    return value
+
+
+def _float(val: _Val, what: str, low: float, high: float, *, low_open: bool, high_open: bool) -> float:
+    value = val.value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{what} must be a number, got {_type_name(value)} {value!r}", loc=val.loc)
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if math.isnan(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise SpecError(f"{what} must be in {interval}, got {value:g}", loc=val.loc)
+    return value
+
+
+def _mapping(val: _Val, what: str) -> dict[str, _Val]:
+    if not isinstance(val.value, dict):
+        raise SpecError(f"{what} must be a mapping, got {_type_name(val.value)}", loc=val.loc)
+    return val.value
+
+
+def _choice(val: _Val, what: str, choices: tuple[str, ...]) -> str:
+    value = val.value
+    if not isinstance(value, str) or value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"one of: {', '.join(choices)}"
+        raise SpecError(f"{what} must be one of {', '.join(choices)}, got {value!r}", loc=val.loc, hint=hint)
+    return value
+
+
+def _connectivity(val: _Val, what: str) -> Connectivity:
+    if isinstance(val.value, str):
+        kind = _choice(val, f"{what}", CONNECTIVITY_KINDS)
+        if kind == "window":
+            raise SpecError("window connectivity needs a size", loc=val.loc, hint="connectivity: {kind: window, size: 4}")
+        return Connectivity(kind, None, val.loc)
+    mapping = _mapping(val, what)
+    _unknown_keys(mapping, ("kind", "size"), what)
+    if "kind" not in mapping:
+        raise SpecError(f"{what} needs a 'kind'", loc=val.loc, hint=f"one of: {', '.join(CONNECTIVITY_KINDS)}")
+    kind = _choice(mapping["kind"], f"{what}.kind", CONNECTIVITY_KINDS)
+    size = None
+    if kind == "window":
+        if "size" not in mapping:
+            raise SpecError("window connectivity needs a size", loc=val.loc, hint="connectivity: {kind: window, size: 4}")
+        size = _int(mapping["size"], f"{what}.size", limit="window")
+    elif "size" in mapping:
+        raise SpecError(f"'size' applies only to window connectivity, not '{kind}'", loc=mapping["size"].key_loc)
+    return Connectivity(kind, size, val.loc)
+
+
+_TOP_KEYS = (
+    "name",
+    "input",
+    "growth_rate",
+    "bottleneck",
+    "compression",
+    "dropout",
+    "stem",
+    "blocks",
+    "connectivity",
+    "head",
+    "extends",
+)
+_BLOCK_KEYS = ("layers", "growth_rate", "bottleneck", "dropout", "compression", "connectivity")
+
+
+def _validate(root: _Val, path: str) -> Spec:
+    top = root.value
+    _unknown_keys(top, _TOP_KEYS, "the spec")
+    file_loc = Loc(path)
+    locs = {key: (val.key_loc or val.loc) for key, val in top.items()}
+
+    name = Path(path).stem if path not in ("<string>", "") else "model"
+    if "name" in top:
+        if not isinstance(top["name"].value, str) or not top["name"].value.strip():
+            raise SpecError("name must be a non-empty string", loc=top["name"].loc)
+        name = top["name"].value.strip()
+        if any(ch in name for ch in "/\\\0") or name in (".", ".."):
+            raise SpecError(f"name {name!r} cannot be used as a folder name", loc=top["name"].loc)
+
+    channels, size = 3, (224, 224)
+    if "input" in top:
+        inp = _mapping(top["input"], "input")
+        _unknown_keys(inp, ("channels", "size"), "input")
+        if "channels" in inp:
+            channels = _int(inp["channels"], "input.channels", limit="channels")
+        if "size" in inp:
+            sv = inp["size"]
+            if isinstance(sv.value, list):
+                if len(sv.value) != 2:
+                    raise SpecError("input.size must be one integer or [height, width]", loc=sv.loc)
+                size = (_int(sv.value[0], "input height", limit="size"), _int(sv.value[1], "input width", limit="size"))
+            else:
+                side = _int(sv, "input.size", limit="size")
+                size = (side, side)
+
+    if "growth_rate" not in top:
+        raise SpecError("missing 'growth_rate'", loc=Loc(path, 1, 1), hint="add e.g. 'growth_rate: 32' (the paper's k)")
+    growth_rate = _int(top["growth_rate"], "growth_rate", limit="growth_rate")
+    bottleneck = _int(top["bottleneck"], "bottleneck", minimum=0, limit="bottleneck") if "bottleneck" in top else 4
+    compression = (
+        _float(top["compression"], "compression", 0.0, 1.0, low_open=True, high_open=False)
+        if "compression" in top
+        else 0.5
+    )
+    dropout = _float(top["dropout"], "dropout", 0.0, 1.0, low_open=False, high_open=True) if "dropout" in top else 0.0
+    connectivity = _connectivity(top["connectivity"], "connectivity") if "connectivity" in top else Connectivity()
+
+    stem_kind, stem_channels, stem_loc, stem_locs = "imagenet", 2 * growth_rate, file_loc, {}
+    if "stem" in top:
+        stem_map = _mapping(top["stem"], "stem")
+        _unknown_keys(stem_map, ("kind", "channels"), "stem")
+        stem_loc = top["stem"].loc
+        stem_locs = {k: v.loc for k, v in stem_map.items()}
+        if "kind" in stem_map:
+            stem_kind = _choice(stem_map["kind"], "stem.kind", STEM_KINDS)
+        if "channels" in stem_map:
+            stem_channels = _int(stem_map["channels"], "stem.channels", limit="channels")
+    if stem_channels > LIMITS["channels"]:
+        raise SpecError(f"stem channels of {stem_channels} is too large", loc=locs.get("growth_rate", file_loc))
+    stem = Stem(stem_kind, stem_channels, stem_loc, stem_locs)
+
+    if "blocks" not in top:
+        raise SpecError("missing 'blocks'", loc=Loc(path, 1, 1), hint="add e.g. 'blocks: [6, 12, 24, 16]' (layers per block)")
+    blocks_val = top["blocks"]
+    if not isinstance(blocks_val.value, list):
+        raise SpecError(f"blocks must be a list, got {_type_name(blocks_val.value)}", loc=blocks_val.loc, hint="blocks: [6, 12, 24, 16]")
+    if not blocks_val.value:
+        raise SpecError("blocks is empty", loc=blocks_val.loc, hint="a network needs at least one dense block")
+    if len(blocks_val.value) > LIMITS["blocks"]:
+        raise SpecError(f"{len(blocks_val.value)} blocks is too many (the limit is {LIMITS['blocks']})", loc=blocks_val.loc)
+    blocks: list[Block] = []
+    total_layers = 0
+    for i, item in enumerate(blocks_val.value, start=1):
+        what = f"blocks[{i - 1}]"
+        block_locs: dict[str, Loc] = {}
+        opts: dict[str, Any] = {
+            "growth_rate": growth_rate,
+            "bottleneck": bottleneck,
+            "dropout": dropout,
+            "compression": compression,
+            "connectivity": connectivity,
+        }
+        if isinstance(item.value, dict):
+            mapping = item.value
+            _unknown_keys(mapping, _BLOCK_KEYS, what)
+            block_locs = {k: v.loc for k, v in mapping.items()}
+            if "layers" not in mapping:
+                raise SpecError(f"{what} needs 'layers'", loc=item.loc, hint="{layers: 6, growth_rate: 32}")
+            layers = _int(mapping["layers"], f"{what}.layers", limit="layers")
+            readers: dict[str, Callable[[_Val], Any]] = {
+                "growth_rate": lambda v: _int(v, f"{what}.growth_rate", limit="growth_rate"),
+                "bottleneck": lambda v: _int(v, f"{what}.bottleneck", minimum=0, limit="bottleneck"),
+                "dropout": lambda v: _float(v, f"{what}.dropout", 0.0, 1.0, low_open=False, high_open=True),
+                "compression": lambda v: _float(v, f"{what}.compression", 0.0, 1.0, low_open=True, high_open=False),
+                "connectivity": lambda v: _connectivity(v, f"{what}.connectivity"),
+            }
+            for key, read in readers.items():
+                if key in mapping:
+                    opts[key] = read(mapping[key])
+        else:
+            layers = _int(item, f"{what} (layers)", limit="layers")
+        total_layers += layers
+        if total_layers > LIMITS["total_layers"]:
+            raise SpecError(
+                f"the network has more than {LIMITS['total_layers']} layers",
+                loc=item.loc,
+                hint="is this a typo? sizes this large cannot be built",
+            )
+        blocks.append(Block(layers=layers, loc=item.loc, locs=block_locs, **opts))
+
+    head_classes, head_loc, head_locs = 1000, file_loc, {}
+    if "head" in top:
+        head_map = _mapping(top["head"], "head")
+        _unknown_keys(head_map, ("classes",), "head")
+        head_loc = top["head"].loc
+        head_locs = {k: v.loc for k, v in head_map.items()}
+        if "classes" in head_map:
+            head_classes = _int(head_map["classes"], "head.classes", limit="classes")
+
+    return Spec(
+        name=name,
+        input_channels=channels,
+        input_size=size,
+        growth_rate=growth_rate,
+        bottleneck=bottleneck,
+        compression=compression,
+        dropout=dropout,
+        stem=stem,
+        blocks=tuple(blocks),
+        head=Head(head_classes, head_loc, head_locs),
+        connectivity=connectivity,
+        path=path,
+        loc=root.loc,
+        locs=locs,
+    )
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read, merge (``extends``) and validate a spec file; raises :class:`SpecError` on any mistake."""
+    display = os.fspath(path)
+    real = Path(display).resolve()
+    tree = _load_tree(Path(display), display, (str(real),))
+    return _validate(tree, display)
+
+
+def spec_from_string(text: str, path: str = "<string>") -> Spec:
+    """Validate a spec given as YAML text (``extends`` resolves relative to the current folder)."""
+    root = _parse_text(text, path)
+    if "extends" in root.value:
+        ext = root.value["extends"]
+        raise SpecError("'extends' needs a spec file, not a string", loc=ext.key_loc or ext.loc)
+    return _validate(root, path)
