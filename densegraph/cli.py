@@ -57,6 +57,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             spec = load_spec(path)
             build_graph(spec)
         except DensegraphError as exc:
+            if args.debug:
+                raise
             print(exc.format(), file=sys.stderr)
             failed += 1
             continue
@@ -144,17 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dla", type=int, metavar="CORE", help="build for this DLA core (Jetson), GPU fallback")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
     p.add_argument("--hardware-compat", action="store_true", help="TensorRT engine for Ampere and newer GPUs")
+    p.add_argument(
+        "--version-compat", action="store_true", help="TensorRT engine that also runs on later TensorRT versions"
+    )
     p.set_defaults(func=_lazy(".build", "run_build"))
 
     p = sub.add_parser("engine", help="build a TensorRT engine from an ONNX model (on the target device)")
     p.add_argument("onnx", metavar="MODEL.onnx")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.engine")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), default=None, help="default: what the ONNX is typed as"
+    )
     p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
     p.add_argument("--workspace", type=float, metavar="GiB")
     p.add_argument("--dla", type=int, metavar="CORE")
     p.add_argument("--timing-cache", metavar="FILE")
     p.add_argument("--hardware-compat", action="store_true")
+    p.add_argument("--version-compat", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
     p.set_defaults(func=_lazy(".export.tensorrt", "run_engine_command"))
 
@@ -193,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=20, metavar="N")
     p.add_argument("--warmup", type=int, default=3, metavar="N")
     p.add_argument("--frozen", action="store_true", help="PyTorch: bench the frozen inference module")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: the GPU when there is one")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lazy(".bench", "run_bench"))
 
@@ -202,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="W")
     p.add_argument("-o", "--output", required=True, metavar="FIG.png")
     p.add_argument("--json", action="store_true", help="also write the matrices to FIG.json")
-    p.set_defaults(func=_lazy(".viz", "run_heatmap"))
+    p.set_defaults(func=_lazy(".heatmap", "run_heatmap"))
     return parser
 
 

@@ -267,7 +267,7 @@ class _Builder:
         if cout <= 0:
             raise SpecError(
                 f"compression {block.compression:g} leaves 0 channels after block {b} ({cin} channels)",
-                loc=loc,
+                loc=block.locs.get("compression") or self.spec.locs.get("compression") or loc,
                 hint="raise compression or the growth rate",
             )
         module = f"features.transition{b}"

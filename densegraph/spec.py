@@ -47,8 +47,9 @@ STEM_KINDS = ("imagenet", "cifar")
 
 # Sizes past these are refused while reading, before any graph or tensor is allocated.
 LIMITS = {
-    "layers": 4096,  # per block
-    "total_layers": 16384,
+    "layers": 1024,  # per block
+    "total_layers": 4096,
+    "connections": 600_000,  # L(L+1)/2 summed over the blocks: bounds the graph's size
     "blocks": 64,
     "growth_rate": 8192,
     "channels": 65536,
@@ -56,7 +57,7 @@ LIMITS = {
     "size": 16384,
     "classes": 1_000_000,
     "window": 4096,
-    "yaml_nodes": 100_000,
+    "yaml_nodes": 10_000,
     "extends_depth": 32,
 }
 
@@ -164,6 +165,9 @@ class _Converter:
         self.file = file
         self.count = 0
         self.constructor = yaml.constructor.SafeConstructor()
+        # id(mapping node) -> ids of the key nodes written in it (not merged in with "<<"), taken before
+        # flatten_mapping rewrites the node in place (an aliased mapping is visited again, already flattened)
+        self.written_keys: dict[int, set[int]] = {}
 
     def convert(self, node: yaml.Node, depth: int = 0) -> _Val:
         self.count += 1
@@ -174,10 +178,15 @@ class _Converter:
                 loc=loc,
                 hint="a spec is a short document; check for runaway anchors/aliases",
             )
+        _check_tag(self.file, node, self.constructor)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, _Val] = {}
+            key_nodes: dict[str, yaml.Node] = {}
+            written = self.written_keys.setdefault(
+                id(node), {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+            )
             try:
-                self.constructor.flatten_mapping(node)  # resolves "<<" merge keys
+                self.constructor.flatten_mapping(node)  # resolves "<<" merge keys; merged pairs come first
             except yaml.MarkedYAMLError as exc:
                 raise _yaml_error(self.file, exc) from None
             for key_node, value_node in node.value:
@@ -191,7 +200,7 @@ class _Converter:
                         hint="write keys such as growth_rate, blocks, stem",
                     )
                 key = key_node.value
-                if key in out:
+                if key in out and id(key_node) in written and id(key_nodes[key]) in written:
                     first = out[key].key_loc
                     raise SpecError(
                         f"duplicate key '{key}'",
@@ -200,7 +209,8 @@ class _Converter:
                     )
                 val = self.convert(value_node, depth + 1)
                 val.key_loc = key_loc
-                out[key] = val
+                out[key] = val  # a key written here overrides one merged in, as in YAML
+                key_nodes[key] = key_node
             return _Val(out, loc)
         if isinstance(node, yaml.SequenceNode):
             return _Val([self.convert(item, depth + 1) for item in node.value], loc)
@@ -213,14 +223,43 @@ class _Converter:
         return _Val(value, loc)
 
 
+_COLLECTION_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+
+
+def _check_tag(file: str, node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> None:
+    # yaml.compose keeps explicit tags on collections (``!!python/object/apply:os.system [...]``) and nothing
+    # constructs them, so they are refused here rather than read as plain lists.
+    allowed = _COLLECTION_TAGS.get(type(node))
+    ok = node.tag == allowed if allowed else node.tag in constructor.yaml_constructors
+    if not ok:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise SpecError(
+            f"unsupported YAML tag {tag}",
+            loc=_mark_loc(file, node.start_mark),
+            hint="only plain YAML (safe tags) is accepted",
+        )
+
+
 def _yaml_error(file: str, exc: yaml.MarkedYAMLError) -> SpecError:
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or exc.context or "invalid YAML"
-    if "could not determine a constructor" in str(exc):
-        problem = f"unsupported YAML tag {str(exc).split('tag')[-1].split(chr(10))[0].strip()}"
-        return SpecError(problem, loc=_mark_loc(file, mark), hint="only plain YAML (safe tags) is accepted")
-    context = f" {exc.context}" if exc.context and exc.problem else ""
-    return SpecError(f"invalid YAML: {problem}{context}", loc=_mark_loc(file, mark), hint="check the indentation and quoting")
+    if exc.context and exc.problem:  # PyYAML's contexts read "while scanning …" (after) or "expected …" (before)
+        problem = f"{problem} {exc.context}" if exc.context.startswith("while") else f"{exc.context}, {problem}"
+        start = exc.context_mark
+        if exc.context.startswith("while") and start is not None and mark is not None and start.line != mark.line:
+            problem += f" that starts at {start.line + 1}:{start.column + 1}"  # e.g. the unclosed bracket
+    return SpecError(f"invalid YAML: {problem}", loc=_mark_loc(file, mark), hint="check the indentation and quoting")
+
+
+def _reader_error(file: str, text: str, exc: yaml.reader.ReaderError) -> SpecError:
+    before = text[: exc.position]
+    line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+    code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+    return SpecError(
+        f"invalid YAML: unacceptable character #x{code:04x}: {exc.reason}",
+        loc=Loc(file, line, col),
+        hint="remove the control character",
+    )
 
 
 def _parse_text(text: str, file: str) -> _Val:
@@ -228,8 +267,10 @@ def _parse_text(text: str, file: str) -> _Val:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(file, exc) from None
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(file, text, exc) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"invalid YAML: {exc}", loc=Loc(file)) from None
+        raise SpecError(f"invalid YAML: {' '.join(str(exc).split())}", loc=Loc(file)) from None
     if node is None:
         raise SpecError("the spec is empty", loc=Loc(file, 1, 1), hint="a spec is a mapping with at least 'blocks'")
     root = _Converter(file).convert(node)
@@ -256,7 +297,14 @@ def _read_file(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"the file is not UTF-8 text (byte {exc.start})", loc=Loc(str(path))) from None
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+        raise SpecError(
+            f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",
+            loc=Loc(str(path), line, col),
+            hint="save the spec as UTF-8",
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -376,7 +424,8 @@ def _choice(val: _Val, what: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else f"one of: {', '.join(choices)}"
-        raise SpecError(f"{what} must be one of {', '.join(choices)}, got {value!r}", loc=val.loc, hint=hint)
+        got = f"a {_type_name(value)}" if isinstance(value, list | dict) else repr(value)
+        raise SpecError(f"{what} must be one of {', '.join(choices)}, got {got}", loc=val.loc, hint=hint)
     return value
 
 
@@ -448,7 +497,7 @@ def _validate(root: _Val, path: str) -> Spec:
                 size = (side, side)
 
     if "growth_rate" not in top:
-        raise SpecError("missing 'growth_rate'", loc=Loc(path, 1, 1), hint="add e.g. 'growth_rate: 32' (the paper's k)")
+        raise SpecError("missing 'growth_rate'", loc=root.loc, hint="add e.g. 'growth_rate: 32' (the paper's k)")
     growth_rate = _int(top["growth_rate"], "growth_rate", limit="growth_rate")
     bottleneck = _int(top["bottleneck"], "bottleneck", minimum=0, limit="bottleneck") if "bottleneck" in top else 4
     compression = (
@@ -474,7 +523,7 @@ def _validate(root: _Val, path: str) -> Spec:
     stem = Stem(stem_kind, stem_channels, stem_loc, stem_locs)
 
     if "blocks" not in top:
-        raise SpecError("missing 'blocks'", loc=Loc(path, 1, 1), hint="add e.g. 'blocks: [6, 12, 24, 16]' (layers per block)")
+        raise SpecError("missing 'blocks'", loc=root.loc, hint="add e.g. 'blocks: [6, 12, 24, 16]' (layers per block)")
     blocks_val = top["blocks"]
     if not isinstance(blocks_val.value, list):
         raise SpecError(f"blocks must be a list, got {_type_name(blocks_val.value)}", loc=blocks_val.loc, hint="blocks: [6, 12, 24, 16]")
@@ -483,7 +532,7 @@ def _validate(root: _Val, path: str) -> Spec:
     if len(blocks_val.value) > LIMITS["blocks"]:
         raise SpecError(f"{len(blocks_val.value)} blocks is too many (the limit is {LIMITS['blocks']})", loc=blocks_val.loc)
     blocks: list[Block] = []
-    total_layers = 0
+    total_layers = total_connections = 0
     for i, item in enumerate(blocks_val.value, start=1):
         what = f"blocks[{i - 1}]"
         block_locs: dict[str, Loc] = {}
@@ -519,6 +568,13 @@ def _validate(root: _Val, path: str) -> Spec:
                 f"the network has more than {LIMITS['total_layers']} layers",
                 loc=item.loc,
                 hint="is this a typo? sizes this large cannot be built",
+            )
+        total_connections += layers * (layers + 1) // 2
+        if total_connections > LIMITS["connections"]:
+            raise SpecError(
+                f"the network has more than {LIMITS['connections']:,} connections",
+                loc=item.loc,
+                hint="a dense block of L layers has L(L+1)/2 connections; use fewer layers per block",
             )
         blocks.append(Block(layers=layers, loc=item.loc, locs=block_locs, **opts))
 

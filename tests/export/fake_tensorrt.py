@@ -1,0 +1,490 @@
+"""A recording stand-in for the ``tensorrt`` module, shaped like TensorRT 10 or TensorRT 11.
+
+Only the surface densegraph's backend uses exists, with the real names and signatures (checked against the
+real bindings by test_tensorrt_api.py): what a flavor lacks raises AttributeError, like the real module.
+The flavors differ where the real ones do: TensorRT 11 has no ``BuilderFlag.FP16``/``INT8`` (strongly typed
+only) and no ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``.
+
+Every call is appended to ``module.fake.calls`` as ``(what, *args)``. The "engine" is honest enough to run:
+the plan is JSON describing the parsed network, and ``execute_async_v3`` reads the input from the address it
+was given, runs the ONNX with onnxruntime and writes the result to the output address.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import importlib.machinery
+import json
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VERSIONS = {"10": "10.16.1.11", "11": "11.4.0.106"}
+PLAN_MAGIC = b"FAKEPLAN"
+
+
+@dataclass
+class FakeState:
+    """Knobs and the call record of one fake module."""
+
+    flavor: str
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    parse_errors: list[dict[str, Any]] = field(default_factory=list)
+    build_error: str | None = None  # build_serialized_network logs this and returns None
+    reject_timing_cache: bool = False
+    num_dla_cores: int = 0
+    perturb: float = 0.0  # added to every output of the "engine"
+    plans: list[bytes] = field(default_factory=list)
+    cache_builds: int = 0
+
+    def named(self, what: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == what]
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+_ONNX_TO_TRT = {1: "FLOAT", 10: "HALF", 16: "BF16", 3: "INT8", 2: "UINT8", 6: "INT32", 7: "INT64", 9: "BOOL"}
+_TRT_TO_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64}
+
+
+def make_fake_tensorrt(flavor: str) -> types.ModuleType:
+    """A fresh fake ``tensorrt`` module; ``flavor`` is "10" or "11"."""
+    state = FakeState(flavor)
+    trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", loader=None)
+    trt.__version__ = VERSIONS[flavor]
+    trt.fake = state
+
+    builder_flags = ["DEBUG", "GPU_FALLBACK", "TF32", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
+    network_flags = ["STRONGLY_TYPED"]
+    if flavor == "10":
+        builder_flags = ["FP16", "BF16", "INT8", *builder_flags]
+        network_flags = ["EXPLICIT_BATCH", *network_flags]
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags, start=0)
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", network_flags, start=0)
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM"], start=0)
+    trt.DeviceType = enum.IntEnum("DeviceType", ["GPU", "DLA"], start=0)
+    trt.HardwareCompatibilityLevel = enum.IntEnum(
+        "HardwareCompatibilityLevel", ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"], start=0
+    )
+    trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"], start=0)
+    trt.DataType = enum.IntEnum(
+        "DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "BF16", "INT64"]
+    )
+    trt.ErrorCode = enum.IntEnum(
+        "ErrorCode", ["SUCCESS", "INTERNAL_ERROR", "INVALID_NODE", "UNSUPPORTED_NODE"]
+    )
+    severity = enum.IntEnum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"], start=0)
+
+    def record(*call: Any) -> None:
+        state.calls.append(call)
+
+    class ILogger:
+        Severity = severity
+
+        def __init__(self) -> None:
+            record("ILogger.__init__")
+
+        def log(self, sev: Any, msg: str) -> None:  # pragma: no cover - overridden
+            raise NotImplementedError
+
+    for member in severity:
+        setattr(ILogger, member.name, member)
+
+    class Logger(ILogger):
+        def __init__(self, min_severity: Any = severity.WARNING) -> None:
+            super().__init__()
+            self.min_severity = min_severity
+
+        def log(self, sev: Any, msg: str) -> None:
+            pass
+
+    @dataclass
+    class ITensor:
+        name: str
+        shape: tuple[int, ...]
+        dtype: Any
+
+    class INetworkDefinition:
+        def __init__(self, flags: int) -> None:
+            self.flags = flags
+            self._inputs: list[ITensor] = []
+            self._outputs: list[ITensor] = []
+            self.onnx_path: str | None = None
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self._inputs)
+
+        @property
+        def num_outputs(self) -> int:
+            return len(self._outputs)
+
+        def get_input(self, index: int) -> ITensor:
+            return self._inputs[index]
+
+        def get_output(self, index: int) -> ITensor:
+            return self._outputs[index]
+
+    class ParserError:
+        def __init__(self, spec: dict[str, Any]) -> None:
+            self._spec = spec
+
+        def code(self) -> Any:
+            return trt.ErrorCode[self._spec.get("code", "UNSUPPORTED_NODE")]
+
+        def desc(self) -> str:
+            return self._spec["desc"]
+
+        def node(self) -> int:
+            return self._spec.get("node", -1)
+
+        def node_name(self) -> str:
+            return self._spec.get("name", "")
+
+        def node_operator(self) -> str:
+            return self._spec.get("op", "")
+
+    class OnnxParser:
+        def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
+            assert isinstance(network, INetworkDefinition) and isinstance(logger, ILogger)
+            record("OnnxParser", network, logger)
+            self.network = network
+            self.logger = logger
+            self._errors: list[ParserError] = []
+
+        def parse_from_file(self, model: str) -> bool:
+            record("OnnxParser.parse_from_file", model)
+            assert isinstance(model, str)
+            if state.parse_errors:
+                self._errors = [ParserError(e) for e in state.parse_errors]
+                return False
+            import onnx
+
+            graph = onnx.load(model, load_external_data=False).graph
+            init = {t.name for t in graph.initializer}
+
+            def tensor(v: Any) -> ITensor:
+                tt = v.type.tensor_type
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+                return ITensor(v.name, dims, trt.DataType[_ONNX_TO_TRT[tt.elem_type]])
+
+            self.network._inputs = [tensor(v) for v in graph.input if v.name not in init]
+            self.network._outputs = [tensor(v) for v in graph.output]
+            self.network.onnx_path = model
+            return True
+
+        @property
+        def num_errors(self) -> int:
+            return len(self._errors)
+
+        def get_error(self, index: int) -> ParserError:
+            return self._errors[index]
+
+    class IOptimizationProfile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+        def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - real names
+            record("IOptimizationProfile.set_shape", input, tuple(min), tuple(opt), tuple(max))
+            self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
+
+    class ITimingCache:
+        def __init__(self, data: bytes) -> None:
+            self.data = bytes(data)
+
+        def serialize(self) -> memoryview:
+            return memoryview(self.data + b"+build%d" % state.cache_builds)
+
+    class IBuilderConfig:
+        _recorded = ("default_device_type", "DLA_core", "hardware_compatibility_level")
+
+        def __init__(self) -> None:
+            object.__setattr__(self, "flags", set())
+            object.__setattr__(self, "profiles", [])
+            object.__setattr__(self, "pools", {})
+            object.__setattr__(self, "cache", None)
+            object.__setattr__(self, "default_device_type", trt.DeviceType.GPU)
+            object.__setattr__(self, "DLA_core", -1)
+            object.__setattr__(self, "hardware_compatibility_level", trt.HardwareCompatibilityLevel.NONE)
+            self.flags.add(trt.BuilderFlag.TF32)  # on by default, as in TensorRT
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name not in self._recorded:
+                raise AttributeError(f"IBuilderConfig has no writable attribute {name!r}")
+            record(f"IBuilderConfig.{name}", value)
+            object.__setattr__(self, name, value)
+
+        def set_memory_pool_limit(self, pool: Any, pool_size: int) -> None:
+            record("IBuilderConfig.set_memory_pool_limit", pool, pool_size)
+            assert isinstance(pool, trt.MemoryPoolType) and isinstance(pool_size, int)
+            self.pools[pool] = pool_size
+
+        def set_flag(self, flag: Any) -> None:
+            assert isinstance(flag, trt.BuilderFlag)
+            record("IBuilderConfig.set_flag", flag)
+            self.flags.add(flag)
+
+        def clear_flag(self, flag: Any) -> None:
+            assert isinstance(flag, trt.BuilderFlag)
+            record("IBuilderConfig.clear_flag", flag)
+            self.flags.discard(flag)
+
+        def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+            record("IBuilderConfig.add_optimization_profile", profile)
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
+            record("IBuilderConfig.create_timing_cache", bytes(serialized_timing_cache))
+            return ITimingCache(serialized_timing_cache)
+
+        def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+            record("IBuilderConfig.set_timing_cache", cache.data, ignore_mismatch)
+            if state.reject_timing_cache and cache.data:
+                return False
+            object.__setattr__(self, "cache", cache)
+            return True
+
+        def get_timing_cache(self) -> ITimingCache | None:
+            record("IBuilderConfig.get_timing_cache")
+            return self.cache
+
+    class Builder:
+        def __init__(self, logger: ILogger) -> None:
+            assert isinstance(logger, ILogger)
+            record("Builder", logger)
+            self.logger = logger
+
+        @property
+        def num_DLA_cores(self) -> int:  # noqa: N802 - the real name
+            return state.num_dla_cores
+
+        def create_network(self, flags: int = 0) -> INetworkDefinition:
+            record("Builder.create_network", flags)
+            assert isinstance(flags, int)
+            known = sum(1 << int(f) for f in trt.NetworkDefinitionCreationFlag)
+            assert flags & ~known == 0, f"unknown network flags {flags:#x}"
+            return INetworkDefinition(flags)
+
+        def create_builder_config(self) -> IBuilderConfig:
+            record("Builder.create_builder_config")
+            return IBuilderConfig()
+
+        def create_optimization_profile(self) -> IOptimizationProfile:
+            record("Builder.create_optimization_profile")
+            return IOptimizationProfile()
+
+        def build_serialized_network(
+            self, network: INetworkDefinition, config: IBuilderConfig
+        ) -> memoryview | None:
+            record("Builder.build_serialized_network", network, config)
+            if state.build_error is not None:
+                self.logger.log(severity.WARNING, "some warning before the failure")
+                self.logger.log(severity.ERROR, state.build_error)
+                return None
+            if config.cache is not None:
+                state.cache_builds += 1
+            assert len(config.profiles) == 1, "dynamic batch needs exactly one optimization profile"
+            (profile,) = config.profiles
+            plan = {
+                "version": trt.__version__,
+                "onnx": network.onnx_path,
+                "network_flags": network.flags,
+                "builder_flags": sorted(f.name for f in config.flags),
+                "device": config.default_device_type.name,
+                "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network._inputs],
+                "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
+                "profile": {k: [list(s) for s in v] for k, v in profile.shapes.items()},
+            }
+            blob = PLAN_MAGIC + json.dumps(plan).encode()
+            state.plans.append(blob)
+            return memoryview(blob)  # like IHostMemory: a buffer, not bytes
+
+    class IExecutionContext:
+        def __init__(self, engine: ICudaEngine) -> None:
+            self.engine = engine
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.addresses: dict[str, int] = {}
+
+        def set_input_shape(self, name: str, shape: Any) -> bool:
+            record("IExecutionContext.set_input_shape", name, tuple(shape))
+            lo, _, hi = self.engine.profile[name]
+            shape = tuple(shape)
+            ok = len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
+            if ok:
+                self.shapes[name] = shape
+            return ok
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            if name in self.shapes:
+                return self.shapes[name]
+            batch = next(iter(self.shapes.values()))[0] if self.shapes else -1
+            return tuple(batch if d < 0 else d for d in self.engine.tensors[name][1])
+
+        def set_tensor_address(self, name: str, memory: int) -> bool:
+            record("IExecutionContext.set_tensor_address", name)
+            assert isinstance(memory, int) and memory != 0
+            self.addresses[name] = memory
+            return True
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            record("IExecutionContext.execute_async_v3", stream_handle)
+            import onnxruntime as ort
+
+            engine = self.engine
+            (in_name,) = engine.input_names
+            in_shape = self.shapes[in_name]
+            x = _read(self.addresses[in_name], in_shape, engine.tensors[in_name][2])
+            session = ort.InferenceSession(engine.onnx, providers=["CPUExecutionProvider"])
+            results = session.run(None, {in_name: x})
+            for out_name, value in zip(engine.output_names, results, strict=True):
+                value = np.asarray(value) + state.perturb
+                _write(self.addresses[out_name], value.astype(_TRT_TO_NUMPY[engine.tensors[out_name][2]]))
+            return True
+
+    class ICudaEngine:
+        def __init__(self, plan: dict[str, Any]) -> None:
+            self.onnx = plan["onnx"]
+            self.tensors = {n: (trt.TensorIOMode.INPUT, tuple(s), d) for n, s, d in plan["inputs"]}
+            self.tensors |= {n: (trt.TensorIOMode.OUTPUT, tuple(s), d) for n, s, d in plan["outputs"]}
+            self.input_names = [n for n, *_ in plan["inputs"]]
+            self.output_names = [n for n, *_ in plan["outputs"]]
+            self.profile = {k: [tuple(s) for s in v] for k, v in plan["profile"].items()}
+
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.tensors)
+
+        def get_tensor_name(self, index: int) -> str:
+            return list(self.tensors)[index]
+
+        def get_tensor_mode(self, name: str) -> Any:
+            return self.tensors[name][0]
+
+        def get_tensor_dtype(self, name: str) -> Any:
+            return trt.DataType[self.tensors[name][2]]
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return self.tensors[name][1]
+
+        def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+            assert profile_index == 0
+            return self.profile[name]
+
+        def create_execution_context(self) -> IExecutionContext:
+            record("ICudaEngine.create_execution_context")
+            return IExecutionContext(self)
+
+    class Runtime:
+        def __init__(self, logger: ILogger) -> None:
+            assert isinstance(logger, ILogger)
+            record("Runtime", logger)
+            self.logger = logger
+            object.__setattr__(self, "engine_host_code_allowed", False)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name not in ("logger", "engine_host_code_allowed"):
+                raise AttributeError(f"Runtime has no writable attribute {name!r}")
+            if name == "engine_host_code_allowed":
+                record("Runtime.engine_host_code_allowed", value)
+            object.__setattr__(self, name, value)
+
+        def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
+            data = bytes(serialized_engine)
+            record("Runtime.deserialize_cuda_engine", len(data))
+            if not data.startswith(PLAN_MAGIC):
+                self.logger.log(
+                    severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization"
+                )
+                return None
+            plan = json.loads(data[len(PLAN_MAGIC) :])
+            if plan["version"] != trt.__version__:
+                self.logger.log(
+                    severity.ERROR, f"plan built with {plan['version']}, runtime {trt.__version__}"
+                )
+                return None
+            return ICudaEngine(plan)
+
+    for cls in (ILogger, Logger, Builder, OnnxParser, Runtime, ParserError):
+        setattr(trt, cls.__name__, cls)
+    trt.INetworkDefinition, trt.IBuilderConfig, trt.ICudaEngine = (
+        INetworkDefinition,
+        IBuilderConfig,
+        ICudaEngine,
+    )
+    trt.IExecutionContext, trt.ITimingCache = IExecutionContext, ITimingCache
+    return trt
+
+
+def _read(address: int, shape: tuple[int, ...], dtype_name: str) -> np.ndarray:
+    dtype = np.dtype(_TRT_TO_NUMPY[dtype_name])
+    count = int(np.prod(shape))
+    raw = (ctypes.c_char * (count * dtype.itemsize)).from_address(address)
+    return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape)
+
+
+def _write(address: int, value: np.ndarray) -> None:
+    data = np.ascontiguousarray(value).tobytes()
+    ctypes.memmove(address, data, len(data))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tiny real ONNX models with the project's signature: images [batch, 3, 8, 8] float32 -> logits [batch, 5]
+
+
+def make_tiny_onnx(path: Path, kind: str = "fp32", *, batch: int | str = "batch", classes: int = 5) -> Path:
+    """GlobalAveragePool -> Flatten -> Gemm; ``kind`` fp16 is typed (fp16 inside, Casts at the float32 I/O),
+    int8 has symmetric QuantizeLinear/DequantizeLinear on the input and the weights, uint8 an asymmetric
+    (uint8, zero point 128) input Q/DQ."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weight = rng.standard_normal((classes, 3)).astype(np.float32)
+    bias = rng.standard_normal(classes).astype(np.float32)
+    nodes = []
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    x, w = "images", "w"
+    if kind in ("int8", "uint8"):  # uint8: asymmetric activations, which TensorRT refuses
+        x_zero = np.array(128, np.uint8) if kind == "uint8" else np.array(0, np.int8)
+        inits += [
+            numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
+            numpy_helper.from_array(x_zero, "x_zero"),
+            numpy_helper.from_array(np.array(0.02, np.float32), "w_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["images", "x_scale", "x_zero"], ["xq"], name="q_in"),
+            helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xdq"], name="dq_in"),
+            helper.make_node("QuantizeLinear", ["w", "w_scale", "w_zero"], ["wq"], name="q_w"),
+            helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zero"], ["wdq"], name="dq_w"),
+        ]
+        x, w = "xdq", "wdq"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["pooled"], name="gap"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["flat", w, "b"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    if kind == "fp16":
+        from onnxconverter_common import float16
+
+        model = float16.convert_float_to_float16(model, keep_io_types=True)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
