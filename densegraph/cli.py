@@ -176,13 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--data", required=True, metavar="digits|DIR")
     p.add_argument("-o", "--output", required=True, metavar="RUN")
-    p.add_argument("--epochs", type=int, default=None, metavar="N")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 30; with --resume, as recorded")
     p.add_argument("--batch-size", type=int, default=64, metavar="B")
     p.add_argument("--lr", type=float, default=0.1, metavar="LR")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-efficient", action="store_true", help="shared block buffers, recomputed BN-ReLU")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads per process (default: $OMP_NUM_THREADS if set, else 1, as torchrun does; 0: all cores)",
+    )
+    p.add_argument("--no-augment", action="store_true", help="train without the random shifts")
     p.set_defaults(func=_lazy(".train", "run_train"))
 
     p = sub.add_parser("eval", help="top-1 of a spec+weights, a model.onnx or a model.engine on real data")

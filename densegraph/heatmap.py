@@ -1,0 +1,131 @@
+"""The paper's Fig. 5: how strongly each layer of a trained network uses each of its sources.
+
+For every dense block of the graph (``graph.graph["blocks"]``), the targets are the block's layers followed by
+the node(s) outside the block that read its maps (a transition, or the head after the last block); the sources
+are the block input and its layers. Entry ``(s, t)`` is the average absolute weight of the target's *first*
+weighted op — the conv (or linear) whose input width equals the node's ``in_channels`` — over the input channels
+that come from source ``s``: ``mean |W[:, offset : offset + channels]|`` with ``offset`` and ``channels`` read
+from the edge ``s -> t``. It is NaN (``null`` in JSON) where ``t`` does not read ``s``. Only nodes, edges and ops
+are used, so any connectivity rule the graph can express gets its map.
+
+``densegraph heatmap SPEC --weights W -o FIG.png [--json]`` draws the maps with :func:`densegraph.viz.draw_heatmap`
+(each target column scaled by its largest entry, as in the paper); ``--json`` also writes the unscaled averages
+to ``FIG.json`` next to the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from .errors import DensegraphError, Loc
+
+__all__ = ["BlockHeatmap", "heatmap_matrices", "heatmap_json", "run_heatmap"]
+
+
+@dataclass
+class BlockHeatmap:
+    """One block's map: ``matrix[s, t]`` for ``sources[s]`` -> ``targets[t]`` (NaN: no connection)."""
+
+    block: int
+    sources: list[str]
+    targets: list[str]
+    matrix: np.ndarray
+
+    @property
+    def title(self) -> str:
+        layers = len(self.sources) - 1
+        extra = self.targets[layers:]
+        return f"dense block {self.block}" + (f" (column {layers + 1}: {', '.join(extra)})" if extra else "")
+
+
+def _input_width(op: dict[str, Any]) -> int | None:
+    if op["op"] == "conv":
+        return int(op["in_channels"])
+    if op["op"] == "linear":
+        return int(op["in_features"])
+    return None
+
+
+def _first_weighted_op(graph: nx.DiGraph, node: str) -> dict[str, Any] | None:
+    width = graph.nodes[node]["in_channels"]
+    return next((op for op in graph.nodes[node]["ops"] if op.get("name") and _input_width(op) == width), None)
+
+
+def heatmap_matrices(graph: nx.DiGraph, state_dict: Mapping[str, Any]) -> list[BlockHeatmap]:
+    """The per-block source x target matrices of mean |weight| (see the module docstring)."""
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    maps = []
+    for block in graph.graph["blocks"]:
+        members = list(block["nodes"])
+        inside = set(members)
+        readers = {v for u in members for v in graph.successors(u) if v not in inside}
+        targets = members[1:] + sorted(readers, key=order.__getitem__)
+        row = {node: i for i, node in enumerate(members)}
+        matrix = np.full((len(members), len(targets)), np.nan)
+        for t, target in enumerate(targets):
+            op = _first_weighted_op(graph, target)
+            if op is None:
+                continue
+            weight = state_dict[f"{op['name']}.weight"]
+            magnitude = np.abs(
+                weight.detach().cpu().double().numpy() if hasattr(weight, "detach") else weight
+            )
+            for source, _, edge in graph.in_edges(target, data=True):
+                if source in row:
+                    span = magnitude[:, edge["offset"] : edge["offset"] + edge["channels"]]
+                    matrix[row[source], t] = float(span.mean())
+        maps.append(BlockHeatmap(int(block["index"]), members, targets, matrix))
+    return maps
+
+
+def heatmap_json(maps: list[BlockHeatmap], **meta: Any) -> dict[str, Any]:
+    """A JSON-able document of the maps (``null`` for no connection), with ``meta`` entries first."""
+    return {
+        **meta,
+        "value": "mean |weight| of the target's first conv/linear over the input channels from the source",
+        "blocks": [
+            {
+                "block": m.block,
+                "sources": m.sources,
+                "targets": m.targets,
+                "matrix": [[None if math.isnan(v) else v for v in row] for row in m.matrix.tolist()],
+            }
+            for m in maps
+        ],
+    }
+
+
+def run_heatmap(args: argparse.Namespace) -> int:
+    """``densegraph heatmap SPEC --weights W -o FIG.png [--json]``."""
+    from .lower.torch import graph_of, to_torch
+    from .lower.weights import load_weights, write_atomic
+    from .viz import draw_heatmap
+
+    figure = Path(args.output)
+    if not figure.parent.is_dir():
+        raise DensegraphError("the output folder does not exist", loc=Loc(str(figure.parent)))
+    graph = graph_of(args.spec)
+    module = to_torch(graph)
+    load_weights(module, args.weights, model_name=args.spec)
+    maps = heatmap_matrices(graph, module.state_dict())
+    if not maps:
+        raise DensegraphError("the spec has no dense blocks to map", loc=Loc(os.fspath(args.spec)))
+    draw_heatmap([m.matrix for m in maps], [m.title for m in maps], figure)
+    print(f"wrote {figure}")
+    if args.json:
+        doc = heatmap_json(maps, spec=os.fspath(args.spec), weights=os.fspath(args.weights))
+        target = figure.with_suffix(".json")
+        text = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
+        write_atomic(target, lambda f: f.write(text))
+        print(f"wrote {target}")
+    return 0

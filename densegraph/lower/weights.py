@@ -1,0 +1,223 @@
+"""Weights in and out: torchvision state_dicts, training checkpoints, safe loading.
+
+Every file is read with ``torch.load(path, map_location="cpu", weights_only=True)``: tensors, dicts, lists,
+numbers and strings load; a pickle that names any other Python object (and so could run code) is refused
+before anything in it runs. Accepted layouts:
+
+- a plain state_dict with this package's (= torchvision's current) names;
+- torchvision's legacy names from its published ImageNet files (``denselayer1.norm.1.weight`` for
+  ``denselayer1.norm1.weight``), renamed with torchvision's own rule;
+- a checkpoint dict holding the state_dict under ``state_dict``, ``model`` or ``model_state_dict`` (the
+  checkpoints :mod:`densegraph.train` writes have ``state_dict``);
+- keys prefixed ``module.`` (DistributedDataParallel) or ``_orig_mod.`` (``torch.compile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, DensegraphError, Loc
+
+__all__ = [
+    "state_dict_from_file",
+    "load_file",
+    "normalize_state_dict",
+    "load_weights",
+    "save_atomic",
+    "write_atomic",
+    "run_import_weights",
+]
+
+# torchvision.models.densenet._load_state_dict's rule (plus num_batches_tracked, which newer saves carry)
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+_CHECKPOINT_ENTRIES = ("state_dict", "model", "model_state_dict")
+_PREFIXES = ("module.", "_orig_mod.")
+_SHOW = 3
+
+
+def load_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` with ``weights_only=True`` on CPU; every failure becomes one :class:`CheckpointError`."""
+    where = Loc(os.fspath(path))
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError("no such file", loc=where, hint="check the path to the weights")
+    if p.is_dir():
+        raise CheckpointError("is a directory, not a weights file", loc=where)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise CheckpointError(
+                f"refusing to load: the file pickles the Python object {found.group(1)!r}, and loading it could run "
+                "code (only tensors, dicts, lists, numbers and strings are accepted)",
+                loc=where,
+                hint="re-save it as a plain state_dict (torch.save(model.state_dict(), path)) where it came from",
+            ) from None
+        raise CheckpointError("not a PyTorch weights file (corrupt or another format)", loc=where) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"not a PyTorch weights file (corrupt or another format: {first})", loc=where
+        ) from None
+    except PermissionError as exc:
+        raise CheckpointError(f"cannot read the file: {exc.strerror or exc}", loc=where) from None
+    except OSError:  # torch's zip reader reports a truncated archive as EINVAL
+        raise CheckpointError("not a PyTorch weights file (corrupt or truncated)", loc=where) from None
+
+
+def normalize_state_dict(obj: Any, *, where: Loc | None = None) -> dict[str, torch.Tensor]:
+    """Unwrap a checkpoint to its state_dict and rename legacy / ``module.`` keys to this package's names."""
+    if isinstance(obj, Mapping):
+        for entry in _CHECKPOINT_ENTRIES:
+            inner = obj.get(entry)
+            if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"holds a {type(obj).__name__}, not a state_dict", loc=where, hint="expected a dict of tensors"
+        )
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        entries = ", ".join(repr(str(k)) for k in list(obj)[:_SHOW]) or "nothing"
+        raise CheckpointError(
+            f"holds no tensors (entries: {entries})",
+            loc=where,
+            hint=f"expected a state_dict or a checkpoint with a {' / '.join(_CHECKPOINT_ENTRIES)} entry",
+        )
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        match = _LEGACY_KEY.match(key)
+        new = match.group(1) + match.group(2) if match else key
+        if new in renamed:
+            raise CheckpointError(f"holds both {key!r} and its modern name {new!r}", loc=where)
+        renamed[new] = value
+    return renamed
+
+
+def state_dict_from_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state_dict or checkpoint safely and return the state_dict with this package's key names."""
+    return normalize_state_dict(load_file(path), where=Loc(os.fspath(path)))
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW])
+    return shown + (f", … {len(keys) - _SHOW} more" if len(keys) > _SHOW else "")
+
+
+def load_weights(
+    module: nn.Module,
+    source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+    *,
+    model_name: str | None = None,
+) -> nn.Module:
+    """Load a weights file (or a state_dict) into ``module`` strictly; a mismatch is one :class:`CheckpointError`.
+
+    The error names the first few missing and unexpected keys and shape mismatches, with their counts.
+    """
+    if isinstance(source, Mapping):
+        where = None
+        state = normalize_state_dict(source)
+    else:
+        where = Loc(os.fspath(source))
+        state = state_dict_from_file(source)
+    expected = module.state_dict()
+    # files saved before BatchNorm counted its batches (torchvision's published ones) lack num_batches_tracked
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (file {list(v.shape)}, model {list(expected[k].shape)})"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_names(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with another shape: {_names(mismatched)}")
+        model = f"the model of {model_name}" if model_name else "this model"
+        raise CheckpointError(
+            f"the weights do not fit {model} ({'; '.join(parts)})",
+            loc=where,
+            hint="were they made for another spec? compare `densegraph summary SPEC` with the network that saved them",
+        )
+    for key, value in expected.items():
+        if key not in state:
+            state[key] = torch.zeros_like(value)
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under the current umask (``mkstemp`` alone would make it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file in the target folder, then rename it over ``path``.
+
+    A failure (or an interrupt) removes the temporary file and leaves an earlier ``path`` untouched.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, _file_mode())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def run_import_weights(args: argparse.Namespace) -> int:
+    """``densegraph import-weights SRC --spec SPEC -o OUT.pt``: check SRC against SPEC and write a plain state_dict."""
+    from ..graph import build_graph
+    from ..spec import load_spec
+    from .torch import module_from_graph
+
+    graph = build_graph(load_spec(args.spec))
+    module = module_from_graph(graph, seed=0)
+    load_weights(module, args.source, model_name=args.spec)
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise DensegraphError("the output folder does not exist", loc=Loc(str(out.parent) or "."))
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    try:
+        save_atomic(state, out)
+    except OSError as exc:
+        raise DensegraphError(f"cannot write the output: {exc.strerror or exc}", loc=Loc(str(out))) from None
+    params = sum(p.numel() for p in module.parameters())
+    print(f"wrote {out} ({len(state)} tensors, {params:,} parameters, spec {graph.graph['name']})")
+    return 0

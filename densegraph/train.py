@@ -1,0 +1,656 @@
+"""Training a spec on real data, with exact resume and optional DistributedDataParallel.
+
+The recipe is the paper's: SGD with Nesterov momentum 0.9 and weight decay 1e-4, learning rate ``lr`` divided by
+10 at 50% and 75% of the epochs, cross-entropy loss, and random shifts of up to ``max(1, H // 8)`` pixels as the
+only augmentation. ``--batch-size`` is the global batch: under ``torchrun`` each of the N processes takes B / N.
+On CPU a run uses one thread per process unless ``--threads`` or ``$OMP_NUM_THREADS`` says otherwise (what
+``torchrun`` does too): these small networks gain little from intra-op threads, and on a busy machine they stall.
+
+A run folder holds ``last.pt`` and ``best.pt`` (best val top-1) — each a full checkpoint written to a temporary
+file and renamed, so a killed run leaves its last good one — and ``metrics.csv`` (one row per epoch; top-1 in
+percent). A checkpoint is a plain dict that ``torch.load(weights_only=True)`` reads: ``state_dict``,
+``optimizer``, ``scheduler``, ``epoch`` (completed), ``rng`` (torch, CUDA, numpy and Python states as tensors
+and lists), ``best_top1``, ``best_epoch``, ``metrics``, ``spec_path``, ``spec_sha256`` (the spec file's bytes),
+``graph_sha256`` (the connection graph's structure, checked on resume), ``graph_name`` and ``args``.
+
+With ``WORLD_SIZE > 1`` in the environment (``torchrun``) the model is wrapped in DistributedDataParallel (gloo
+on CPU, nccl on CUDA); a ``DistributedSampler`` seeded with ``seed`` shards and shuffles the training set, BatchNorm
+buffers are synchronised from rank 0 after each epoch, and only rank 0 writes files and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset, data_loader, load_data
+from .errors import CheckpointError, DataError, DensegraphError, Loc
+from .lower.torch import graph_of, to_torch
+from .lower.weights import load_file, save_atomic, write_atomic
+
+__all__ = ["train", "run_train", "graph_sha256", "DEFAULT_EPOCHS", "CHECKPOINT_FORMAT", "METRICS_COLUMNS"]
+
+DEFAULT_EPOCHS = 30
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+LR_MILESTONES = (0.5, 0.75)
+LR_DECAY = 0.1
+CHECKPOINT_FORMAT = "densegraph-train-checkpoint/1"
+METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
+# When set (to anything), every rank writes RUN/rank{r}.sha256, the digest of its final state_dict (for tests).
+RANK_DIGEST_ENV = "DENSEGRAPH_RANK_DIGEST"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def graph_sha256(graph: nx.DiGraph) -> str:
+    """A digest of the graph's structure (nodes, ops, edges, shapes); spec comments and paths do not change it."""
+    nodes = [
+        {k: data[k] for k in ("kind", "module", "in_channels", "out_channels", "in_size", "out_size", "ops")}
+        | {"node": node}
+        for node, data in graph.nodes(data=True)
+    ]
+    edges = sorted((u, v, d["position"], d["offset"], d["channels"]) for u, v, d in graph.edges(data=True))
+    doc = {
+        "input_shape": list(graph.graph["input_shape"]),
+        "output_shape": list(graph.graph["output_shape"]),
+        "nodes": nodes,
+        "edges": edges,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def _file_sha256(path: str | None) -> str | None:
+    if not path or not os.path.isfile(path):
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """A digest of every tensor in ``module.state_dict()`` (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# distributed context
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def _dist_from_env() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    return _Dist(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _all_sum(values: list[float], dist: _Dist, device: torch.device) -> list[float]:
+    if not dist.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RNG states as tensors and lists (weights_only-loadable)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    algorithm, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "algorithm": algorithm,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": [version, list(internal), gauss_next],
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["algorithm"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels in each direction, filling with zeros."""
+    b, c, h, w = x.shape
+    s = max_shift
+    padded = F.pad(x, (s, s, s, s))
+    dy = torch.randint(0, 2 * s + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * s + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)).to(x.device)
+    padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * s))
+    return padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    value = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(value)
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    max_shift: int,
+    generator: torch.Generator,
+    on_batch: Callable[[float], None],
+) -> tuple[float, float, float]:
+    model.train()
+    loss_sum = correct = count = 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if max_shift:
+            x = _shift(x, max_shift, generator)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        loss_value = float(loss.detach())
+        loss_sum += loss_value * n
+        correct += float((logits.detach().argmax(1) == y).sum())
+        count += n
+        on_batch(loss_value)
+    return loss_sum, correct, count
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, data: Dataset, batch_size: int, device: torch.device, dist: _Dist
+) -> tuple[float, float, float]:
+    model.eval()
+    index = np.arange(dist.rank, len(data), dist.world)
+    loss_sum = correct = 0.0
+    for start in range(0, len(index), batch_size):
+        batch = index[start : start + batch_size]
+        x = torch.from_numpy(data.x[batch]).to(device)
+        y = torch.from_numpy(data.y[batch]).to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(1) == y).sum())
+    return loss_sum, correct, float(len(index))
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        console=console,
+        transient=True,
+        disable=not (enabled and console.is_terminal),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# files
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in METRICS_COLUMNS})
+    text = buffer.getvalue().encode()
+    write_atomic(path, lambda f: f.write(text))
+
+
+def _check_writable(run: Path) -> None:
+    """Refuse a run folder that cannot be created or written, before anything is created."""
+    probe = run
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DensegraphError(
+            f"cannot create the run folder: {probe} is not a directory",
+            loc=Loc(str(run)),
+            hint="choose another -o",
+        )
+    if probe == run:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=run, prefix=".write-test.")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise DensegraphError(
+                f"the run folder is not writable: {exc.strerror or exc}",
+                loc=Loc(str(run)),
+                hint="choose another -o",
+            ) from None
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        raise DensegraphError(
+            f"cannot create the run folder: {probe} is not writable",
+            loc=Loc(str(run)),
+            hint="choose another -o",
+        )
+
+
+_CHECKPOINT_KEYS = (
+    "state_dict",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "rng",
+    "best_top1",
+    "best_epoch",
+    "metrics",
+    "args",
+)
+
+
+def _load_resume(path: Path, graph_sha: str, spec_label: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(
+            "--resume: no checkpoint to continue from",
+            loc=Loc(str(path)),
+            hint="start the run without --resume, or point -o at the folder of an earlier run",
+        )
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            "not a densegraph training checkpoint",
+            loc=Loc(str(path)),
+            hint="only RUN/last.pt of `densegraph train`",
+        )
+    missing = [key for key in _CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}", loc=Loc(str(path)))
+    if ckpt.get("graph_sha256") != graph_sha:
+        raise CheckpointError(
+            f"the checkpoint was trained for another network ({ckpt.get('graph_name')!r} from "
+            f"{ckpt.get('spec_path')}), not {spec_label}",
+            loc=Loc(str(path)),
+            hint="resume with the spec the run started with, or train into another -o",
+        )
+    return ckpt
+
+
+def _resolve_device(name: str, dist: _Dist) -> torch.device:
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DensegraphError("--device cuda: no CUDA GPU is available", hint="use --device cpu")
+        torch.cuda.set_device(dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
+    if name != "cpu":
+        raise DensegraphError(f"unknown device {name!r}", hint="cpu or cuda")
+    return torch.device("cpu")
+
+
+def _load_splits(data: Any, input_shape: tuple[int, int, int]) -> tuple[Dataset, Dataset, str]:
+    if isinstance(data, tuple):
+        train_set, val_set = data
+        label = train_set.source or "<arrays>"
+    else:
+        label = os.fspath(data)
+        if label.endswith(".npy"):
+            raise DataError(
+                "a .npy file has no labels to train on", loc=Loc(label), hint="use digits or an image folder"
+            )
+        train_set = load_data(label, input_shape, split="train")
+        val_set = load_data(label, input_shape, split="val")
+    for name, part in (("train", train_set), ("val", val_set)):
+        if tuple(part.x.shape[1:]) != tuple(input_shape):
+            raise DataError(
+                f"{name} inputs are {list(part.x.shape[1:])}, the model takes {list(input_shape)}"
+            )
+        if len(part) == 0 or part.y.shape[0] != len(part):
+            raise DataError(f"the {name} split has no labelled samples", loc=Loc(label))
+    return train_set, val_set, label
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the library entry point
+
+
+def train(
+    spec_path_or_graph: Any,
+    data: str | os.PathLike[str] | tuple[Dataset, Dataset],
+    run_dir: str | os.PathLike[str],
+    *,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    lr: float = 0.1,
+    resume: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    memory_efficient: bool = False,
+    augment: bool = True,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train a spec (path, :class:`Spec` or graph) on ``digits``, an image folder or ``(train, val)`` datasets.
+
+    ``threads`` sets PyTorch's CPU threads for the run (``None``: ``$OMP_NUM_THREADS`` if set, else 1, as
+    ``torchrun`` does — these small models gain little from more and stall on a busy machine; 0: all cores).
+    Writes ``run_dir/{last,best}.pt`` and ``metrics.csv``. With ``resume`` the run continues from ``last.pt``
+    with the recipe it recorded (``epochs`` may extend it). Returns a summary: ``best_top1``, ``best_epoch``,
+    ``val_top1`` (last epoch), ``epochs``, ``seconds``, ``run_dir``.
+    """
+    dist = _dist_from_env()
+    say = log or (lambda text: print(text, flush=True))
+    if not dist.main:
+        say = lambda text: None  # noqa: E731
+    graph = graph_of(spec_path_or_graph)
+    spec_path = (
+        os.fspath(spec_path_or_graph)
+        if isinstance(spec_path_or_graph, str | os.PathLike)
+        else str(graph.graph.get("spec_path") or "")
+    )
+    spec_label = spec_path or graph.graph["name"]
+    graph_sha = graph_sha256(graph)
+    run = Path(run_dir)
+    last_path, best_path, metrics_path = run / "last.pt", run / "best.pt", run / "metrics.csv"
+
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        ckpt = _load_resume(last_path, graph_sha, spec_label)
+        recorded = ckpt["args"]
+        for name, value in (("batch_size", batch_size), ("lr", lr), ("seed", seed)):
+            if value != recorded[name]:
+                say(f"note: resuming with the recorded {name} {recorded[name]} (not {value})")
+        batch_size, lr, seed = recorded["batch_size"], recorded["lr"], recorded["seed"]
+        augment, memory_efficient = recorded["augment"], recorded["memory_efficient"]
+        if epochs is not None and epochs != recorded["epochs"]:
+            say(
+                f"note: the run was planned for {recorded['epochs']} epochs, now {epochs}; the lr schedule stays"
+            )
+        epochs = epochs if epochs is not None else recorded["epochs"]
+    elif last_path.exists():
+        raise DensegraphError(
+            "the run folder already holds a run (last.pt)",
+            loc=Loc(str(run)),
+            hint="add --resume to continue it, or choose another -o",
+        )
+    epochs = DEFAULT_EPOCHS if epochs is None else epochs
+    if threads is not None and threads < 0:
+        raise DensegraphError(f"--threads must be 0 (all cores) or positive, got {threads}")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise DensegraphError(
+            f"epochs and batch size must be positive and lr > 0 (got {epochs}, {batch_size}, {lr})"
+        )
+    if batch_size % dist.world:
+        raise DensegraphError(
+            f"--batch-size {batch_size} is the global batch and must divide among {dist.world} processes",
+            hint=f"use a multiple of {dist.world}",
+        )
+    input_shape = tuple(graph.graph["input_shape"])
+    num_classes = int(graph.graph["output_shape"][0])
+    train_set, val_set, data_label = _load_splits(data, input_shape)  # type: ignore[arg-type]
+    for part in (train_set, val_set):
+        if int(part.y.max()) >= num_classes or int(part.y.min()) < 0:
+            raise DataError(
+                f"the data has {len(part.classes) or int(part.y.max()) + 1} classes, the model's head {num_classes}",
+                loc=Loc(data_label),
+                hint="set head: {classes: N} in the spec to the number of classes",
+            )
+    _check_writable(run)
+    torch_device = _resolve_device(device, dist)
+
+    previous_threads = torch.get_num_threads()
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads if threads > 0 else os.cpu_count() or 1)
+    if dist.active:
+        backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)
+    created = False
+    try:
+        _seed_all(seed)
+        model = to_torch(graph, memory_efficient=memory_efficient, seed=seed).to(torch_device)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True
+        )
+        milestones = sorted({max(1, round(f * epochs)) for f in LR_MILESTONES})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=LR_DECAY)
+        start, best_top1, best_epoch, history = 1, -1.0, 0, []
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            _set_rng_state(ckpt["rng"], torch_device)
+            start = int(ckpt["epoch"]) + 1
+            best_top1, best_epoch = float(ckpt["best_top1"]), int(ckpt["best_epoch"])
+            history = [dict(row) for row in ckpt["metrics"]]
+            milestones = sorted(scheduler.milestones)
+        if dist.main and not run.exists():
+            run.mkdir(parents=True)
+            created = True
+        net: nn.Module = model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(
+                model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
+            )
+        loader = data_loader(
+            train_set,
+            batch_size // dist.world,
+            shuffle=True,
+            seed=seed,
+            num_replicas=dist.world,
+            rank=dist.rank,
+        )
+        max_shift = max(1, input_shape[1] // 8) if augment else 0
+        args_record = {
+            "spec": spec_path,
+            "data": data_label,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "device": device,
+            "memory_efficient": memory_efficient,
+            "augment": augment,
+            "world_size": dist.world,
+        }
+        if start > epochs:
+            say(
+                f"{run}: already trained for {start - 1} epochs (best val top-1 {best_top1:.2f}%); nothing to do"
+            )
+        else:
+            say(
+                f"training {graph.graph['name']} on {data_label}: {len(train_set)} train / {len(val_set)} val, "
+                f"epochs {start}-{epochs}, batch {batch_size}"
+                + (f" over {dist.world} processes" if dist.active else "")
+                + f", lr {lr} (x{LR_DECAY} after epochs {', '.join(str(m) for m in milestones)}), {torch_device}"
+            )
+        began = time.perf_counter()
+        with _progress(dist.main) as progress:
+            for epoch in range(start, epochs + 1):
+                tic = time.perf_counter()
+                loader.sampler.set_epoch(epoch)
+                epoch_lr = optimizer.param_groups[0]["lr"]
+                task = progress.add_task(f"epoch {epoch}/{epochs}", total=len(loader), loss="-")
+
+                def on_batch(loss: float, task: Any = task) -> None:
+                    progress.update(task, advance=1, loss=f"{loss:.4f}")
+
+                train_sums = _train_epoch(
+                    net,
+                    loader,
+                    optimizer,
+                    torch_device,
+                    max_shift,
+                    _epoch_generator(seed, epoch, dist.rank),
+                    on_batch,
+                )
+                progress.remove_task(task)
+                if dist.active:
+                    for buffer in model.buffers():
+                        torch.distributed.broadcast(buffer, 0)
+                val_sums = _evaluate(model, val_set, batch_size, torch_device, dist)
+                loss_sum, correct, count, val_loss_sum, val_correct, val_count = _all_sum(
+                    [*train_sums, *val_sums], dist, torch_device
+                )
+                scheduler.step()
+                row = {
+                    "epoch": epoch,
+                    "lr": float(f"{epoch_lr:.10g}"),
+                    "train_loss": round(loss_sum / count, 6),
+                    "train_top1": round(100.0 * correct / count, 4),
+                    "val_loss": round(val_loss_sum / val_count, 6),
+                    "val_top1": round(100.0 * val_correct / val_count, 4),
+                    "seconds": round(time.perf_counter() - tic, 3),
+                }
+                history.append(row)
+                improved = row["val_top1"] > best_top1
+                if improved:
+                    best_top1, best_epoch = row["val_top1"], epoch
+                if dist.main:
+                    checkpoint = {
+                        "format": CHECKPOINT_FORMAT,
+                        "state_dict": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "rng": _rng_state(torch_device),
+                        "best_top1": best_top1,
+                        "best_epoch": best_epoch,
+                        "metrics": history,
+                        "spec_path": spec_path,
+                        "spec_sha256": _file_sha256(spec_path),
+                        "graph_sha256": graph_sha,
+                        "graph_name": graph.graph["name"],
+                        "args": args_record,
+                        "torch_version": str(torch.__version__),
+                    }
+                    save_atomic(checkpoint, last_path)
+                    created = False
+                    if improved:
+                        save_atomic(checkpoint, best_path)
+                    _write_metrics(metrics_path, history)
+                say(
+                    f"epoch {epoch:>3}/{epochs}  lr {epoch_lr:.4g}  train loss {row['train_loss']:.4f} "
+                    f"top-1 {row['train_top1']:.2f}%  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}%"
+                    f"  {row['seconds']:.1f}s" + ("  *" if improved else "")
+                )
+        seconds = time.perf_counter() - began
+        if os.environ.get(RANK_DIGEST_ENV):
+            (run / f"rank{dist.rank}.sha256").write_text(state_dict_sha256(model) + "\n")
+        last = history[-1] if history else {"val_top1": float("nan")}
+        say(
+            f"best val top-1 {best_top1:.2f}% (epoch {best_epoch}), last {last['val_top1']:.2f}%; "
+            f"{seconds:.1f}s; wrote {last_path}, {best_path}, {metrics_path}"
+        )
+        return {
+            "best_top1": best_top1,
+            "best_epoch": best_epoch,
+            "val_top1": last["val_top1"],
+            "epochs": epochs,
+            "seconds": seconds,
+            "run_dir": str(run),
+        }
+    except BaseException:
+        if created:
+            # nothing good was saved: leave no empty run folder behind
+            for leftover in run.glob(".*.tmp"):
+                leftover.unlink()
+            if not any(run.iterdir()):
+                run.rmdir()
+        raise
+    finally:
+        torch.set_num_threads(previous_threads)
+        if dist.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``densegraph train SPEC --data digits|DIR -o RUN [--epochs N] [--resume] …``."""
+    train(
+        args.spec,
+        args.data,
+        args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        resume=args.resume,
+        device=args.device,
+        seed=args.seed,
+        memory_efficient=args.memory_efficient,
+        augment=not getattr(args, "no_augment", False),
+        threads=getattr(args, "threads", None),
+    )
+    return 0
