@@ -1,0 +1,253 @@
+"""``densegraph bench``: latency and throughput of a spec in PyTorch, a model.onnx in onnxruntime or a
+TensorRT engine, per batch size.
+
+Each batch size runs ``--warmup`` untimed then ``--iters`` timed forward passes on one fixed random batch
+(input already in place: compute, not data loading). A row holds the median (``latency_ms_p50``), p90 and mean
+latency and the throughput ``batch / mean`` in images per second — the same fields as
+:func:`densegraph.export.tensorrt.bench_engine`, which measures engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DensegraphError, Loc
+
+__all__ = ["run_bench", "time_batches", "model_kind"]
+
+_ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_SPEC_SUFFIXES = (".yaml", ".yml")
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def model_kind(path: str) -> str:
+    """``spec``, ``onnx`` or ``engine``, from the file's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix in _SPEC_SUFFIXES:
+        return "spec"
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in _ENGINE_SUFFIXES:
+        return "engine"
+    raise DensegraphError(
+        f"cannot tell what {suffix or 'a file without a suffix'!r} is",
+        loc=Loc(path),
+        hint="bench takes a spec (.yaml), an ONNX model (.onnx) or a TensorRT engine (.engine)",
+    )
+
+
+def time_batches(
+    run_for: Callable[[int], Callable[[], Any]], batches: Sequence[int], *, iters: int, warmup: int
+) -> list[dict[str, float]]:
+    """Time ``run_for(batch)()`` ``iters`` times after ``warmup`` calls, for each batch size; one row each."""
+    rows = []
+    for batch in batches:
+        run = run_for(batch)
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        ms = np.array(times) * 1e3
+        rows.append(
+            {
+                "batch": batch,
+                "latency_ms_mean": float(ms.mean()),
+                "latency_ms_p50": float(np.percentile(ms, 50)),
+                "latency_ms_p90": float(np.percentile(ms, 90)),
+                "throughput_per_s": float(batch * 1e3 / ms.mean()),
+            }
+        )
+    return rows
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``densegraph bench MODEL [--batch 1,8] [--iters N] [--warmup N] [--frozen] [--device D] [--json]``."""
+    kind = model_kind(args.model)
+    if not Path(args.model).is_file():
+        raise DensegraphError("no such file", loc=Loc(args.model))
+    if args.iters < 1 or args.warmup < 0:
+        raise DensegraphError(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
+    if kind != "spec" and (args.weights or args.frozen):
+        flag = "--weights" if args.weights else "--frozen"
+        raise DensegraphError(f"{flag} applies only to a spec (PyTorch)", loc=Loc(args.model))
+    bench = {"spec": _bench_torch, "onnx": _bench_onnx, "engine": _bench_engine}[kind]
+    report = bench(args)
+    report = {"model": args.model, **report, "iters": args.iters, "warmup": args.warmup}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_table(report)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backends
+
+
+def _bench_torch(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from .graph import build_graph
+    from .lower.torch import to_torch
+    from .spec import load_spec
+
+    graph = build_graph(load_spec(args.model))
+    module = to_torch(graph, seed=0)
+    if args.weights:
+        from .lower.weights import load_weights
+
+        load_weights(module, args.weights, model_name=args.model)
+    module.eval()
+    if args.frozen:
+        from .lower.torch import freeze
+
+        module = freeze(module)
+    device = torch.device(_torch_device(args.device))
+    module = module.to(device)
+    shape = tuple(graph.graph["input_shape"])
+
+    def run_for(batch: int) -> Callable[[], Any]:
+        x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0)).to(device)
+
+        def run() -> Any:
+            with torch.inference_mode():
+                out = module(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return out
+
+        return run
+
+    rows = time_batches(run_for, args.batch, iters=args.iters, warmup=args.warmup)
+    return {
+        "backend": "pytorch" + (" (frozen)" if args.frozen else ""),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "precision": "fp32",
+        "input_shape": list(shape),
+        "results": rows,
+    }
+
+
+def _torch_device(requested: str | None) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DensegraphError("--device cuda asked for, but no CUDA GPU is visible to PyTorch")
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _bench_onnx(args: argparse.Namespace) -> dict[str, Any]:
+    from .export.onnx import best_providers, ort_session
+
+    providers = best_providers()
+    if args.device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif args.device == "cuda":
+        providers = [p for p in providers if p != "CPUExecutionProvider"]
+        if not providers:
+            raise DensegraphError(
+                "--device cuda asked for, but this onnxruntime has no CUDA or TensorRT execution provider",
+                hint="pip install onnxruntime-gpu",
+            )
+    try:
+        session = ort_session(args.model, providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DensegraphError(f"onnxruntime cannot load the model: {first}", loc=Loc(args.model)) from None
+    (model_input,) = session.get_inputs()[:1]
+    dims = list(model_input.shape)
+    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
+        raise DensegraphError(
+            f"expected an input [N, C, H, W] with fixed C, H, W, got {dims}", loc=Loc(args.model)
+        )
+    fixed = dims[0] if isinstance(dims[0], int) else None
+    if fixed is not None and any(b != fixed for b in args.batch):
+        raise DensegraphError(
+            f"the model takes a fixed batch of {fixed}", loc=Loc(args.model), hint=f"pass --batch {fixed}"
+        )
+    dtype = _ORT_DTYPES.get(model_input.type)
+    if dtype is None:
+        raise DensegraphError(f"cannot bench an input of type {model_input.type}", loc=Loc(args.model))
+    rng = np.random.default_rng(0)
+
+    def run_for(batch: int) -> Callable[[], Any]:
+        feed = {model_input.name: rng.standard_normal((batch, *dims[1:])).astype(dtype)}
+        return lambda: session.run(None, feed)
+
+    rows = time_batches(run_for, args.batch, iters=args.iters, warmup=args.warmup)
+    return {
+        "backend": "onnxruntime",
+        "provider": session.get_providers()[0],
+        "device": "cpu" if session.get_providers()[0] == "CPUExecutionProvider" else "cuda",
+        "threads": _ort_threads(session),
+        "precision": _onnx_precision(args.model),
+        "input_shape": dims[1:],
+        "results": rows,
+    }
+
+
+def _ort_threads(session: Any) -> int | None:
+    threads = session.get_session_options().intra_op_num_threads
+    return int(threads) if threads else None  # 0: onnxruntime's default, one per physical core
+
+
+def _onnx_precision(path: str) -> str:
+    from .export.tensorrt import inspect_onnx
+
+    return inspect_onnx(path).precision
+
+
+def _bench_engine(args: argparse.Namespace) -> dict[str, Any]:
+    from .export.tensorrt import EngineRunner, bench_engine
+
+    if args.device == "cpu":
+        raise DensegraphError("TensorRT engines run on the GPU only", hint="drop --device cpu")
+    with EngineRunner(args.model) as runner:
+        rows = bench_engine(runner, args.batch, iters=args.iters, warmup=args.warmup)
+        return {
+            "backend": "tensorrt",
+            "device": str(runner.device),
+            "precision": runner.precision,
+            "input_shape": list(runner.input_chw),
+            "results": rows,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    backend = report["backend"] + (f", {report['provider']}" if report.get("provider") else "")
+    threads = f", {report['threads']} threads" if report.get("threads") else ""
+    table = Table(
+        title=f"{report['model']} — {backend} on {report['device']}{threads}, {report['precision'] or '?'}",
+        caption=f"{report['iters']} timed runs after {report['warmup']} warm-up runs per batch size",
+    )
+    for column in ("batch", "median ms", "p90 ms", "mean ms", "images/s"):
+        table.add_column(column, justify="right")
+    for row in report["results"]:
+        table.add_row(
+            str(row["batch"]),
+            f"{row['latency_ms_p50']:.2f}",
+            f"{row['latency_ms_p90']:.2f}",
+            f"{row['latency_ms_mean']:.2f}",
+            f"{row['throughput_per_s']:.1f}",
+        )
+    Console().print(table)

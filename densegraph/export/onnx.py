@@ -1,0 +1,399 @@
+"""ONNX export of a lowered module: a checked, reproducible ``ModelProto`` and its parity checks.
+
+:func:`onnx_from_module` exports an eval-mode module with the TorchScript exporter (``dynamo=False``: it is
+deterministic, quiet, and exports the frozen DenseNet-169 in 14 s where the dynamo exporter took 54 s on two
+busy cores, printing its progress, for an equivalent graph). The model has one input ``images``
+``[batch, C, H, W]`` and one output ``logits`` ``[batch, classes]`` (``batch`` a named dynamic axis),
+BatchNorm in inference form (folded into a preceding conv where the exporter can, a ``BatchNormalization``
+node otherwise), shapes inferred and ``onnx.checker.check_model(full_check=True)`` passed. The same module
+gives the same bytes: no timestamps, the producer is this package, node names are made unique in a fixed
+order.
+
+:func:`fp16_from_onnx` makes the fp16 model (float16 weights and compute, float32 ``images``/``logits``) with
+onnxconverter-common, after turning each BatchNormalization no conv absorbed into a depthwise 1x1 conv whose
+weights are computed in float32 (:func:`densegraph.export.passes.batchnorm_to_conv`: cast as they are, large
+running variances would be clamped to fp16's range). :func:`verify_outputs` runs a model in
+onnxruntime on the CPU and compares it with reference outputs, :func:`verify_int8` holds int8 logits to fp32
+ones: the parity gates of ``densegraph build``.
+
+torch, onnx and onnxruntime are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import BuildError
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+    import torch
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "BATCH_AXIS",
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "MAX_OPSET",
+    "TOLERANCES",
+    "check_opset",
+    "onnx_from_module",
+    "check_onnx",
+    "stamp",
+    "save_onnx",
+    "fp16_from_onnx",
+    "io_signature",
+    "op_counts",
+    "ort_session",
+    "best_providers",
+    "run_onnx",
+    "parity_inputs",
+    "compare_outputs",
+    "verify_outputs",
+    "verify_int8",
+]
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+BATCH_AXIS = "batch"
+DEFAULT_OPSET = 19  # parsed by TensorRT 10 and 11 alike
+# 13: the first opset with per-channel QuantizeLinear/DequantizeLinear (the int8 Q/DQ form TensorRT needs);
+# 21: the last our ops are unchanged in. The TorchScript exporter writes up to 20; 21 is converted from 20 by
+# ONNX's own version converter.
+MIN_OPSET = 13
+MAX_OPSET = 21
+_EXPORTER_MAX_OPSET = 20
+# The parity gate: fp32 max |ort - torch| <= 1e-4; fp16 max |ort - torch| <= 1e-2 * max |torch|; int8 against
+# the fp32 model: logits SQNR >= 10 dB (each sample's mean logit removed) and, with labels, top-1 at most 5
+# points lower. Top-1 agreement is reported but not gated: an untrained model's logits are near ties that int8
+# noise flips (an untrained digits model: 83% agreement at 21 dB; the trained one: 99.4% at 24 dB).
+TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8_sqnr_db": 10.0, "int8_top1_drop": 0.05}
+_PROTOBUF_LIMIT = 2**31 - 2**24  # a single-file ModelProto must stay under 2 GiB; keep room for the graph
+
+
+def check_opset(opset: int) -> None:
+    """Raise :class:`BuildError` unless ``opset`` is one we export and TensorRT parses."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise BuildError(
+            f"unsupported ONNX opset {opset}: densegraph exports opsets {MIN_OPSET}..{MAX_OPSET}",
+            hint=f"use --opset {DEFAULT_OPSET} (the default; TensorRT 10 and 11 parse it)",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export
+
+
+def onnx_from_module(
+    module: torch.nn.Module,
+    input_shape: Sequence[int],
+    path: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    name: str = "model",
+    doc: str = "",
+    check: bool = True,
+) -> onnx.ModelProto:
+    """Export ``module`` (put in eval mode) for ``[batch, *input_shape]`` inputs; returns the model.
+
+    ``path`` is the exporter's scratch file; write the final bytes with :func:`save_onnx`. ``check=False``
+    leaves :func:`check_onnx` (shape inference and the full checker) to the caller.
+    """
+    import onnx
+    import torch
+
+    check_opset(opset)
+    size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    if size > _PROTOBUF_LIMIT:
+        raise BuildError(
+            f"the weights take {size / 2**30:.1f} GiB; a single-file ONNX model must stay under 2 GiB",
+            hint="choose a smaller spec",
+        )
+    module.eval()
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    with warnings.catch_warnings():
+        # the TorchScript exporter announces its deprecation on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                (example,),
+                os.fspath(path),
+                dynamo=False,
+                opset_version=min(opset, _EXPORTER_MAX_OPSET),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}},
+                do_constant_folding=True,
+                training=torch.onnx.TrainingMode.EVAL,
+            )
+    from .passes import inline_constant_identities
+
+    model = inline_constant_identities(onnx.load(os.fspath(path))).model
+    if opset > _EXPORTER_MAX_OPSET:
+        model = onnx.version_converter.convert_version(model, opset)
+    _unique_node_names(model.graph)
+    stamp(model, name, doc)
+    return check_onnx(model) if check else model
+
+
+def stamp(model: onnx.ModelProto, name: str, doc: str) -> None:
+    """Set who made the model (densegraph), its name and doc string; nothing that varies between runs."""
+    from .. import __version__
+
+    model.producer_name = "densegraph"
+    model.producer_version = __version__
+    model.doc_string = doc
+    model.graph.name = name
+    model.graph.doc_string = ""
+    del model.metadata_props[:]
+
+
+def _unique_node_names(graph: onnx.GraphProto) -> None:
+    """Number repeated node names (``/norm1/BatchNormalization_2``) in graph order."""
+    seen: Counter[str] = Counter()
+    for i, node in enumerate(graph.node):
+        base = node.name or f"{node.op_type}_{i}"
+        node.name = base if not seen[base] else f"{base}_{seen[base]}"
+        seen[base] += 1
+
+
+def check_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Infer shapes (strictly) and run the full ONNX checker; returns the model with its shapes."""
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(
+            f"the exported model fails the ONNX checker: {first}", hint="rerun with --debug"
+        ) from exc
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> bytes:
+    """Write ``model`` deterministically to ``path``; returns the bytes written."""
+    data = model.SerializeToString(deterministic=True)
+    Path(path).write_bytes(data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fp16
+
+
+def fp16_from_onnx(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """fp16 weights and compute, float32 ``images``/``logits``; returns the model and converter warnings."""
+    from onnxconverter_common import float16
+
+    from .passes import batchnorm_to_conv
+
+    model = batchnorm_to_conv(model).model  # a copy: the fp32 model is left as it is
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = float16.convert_float_to_float16(model, keep_io_types=True)
+    notes = sorted({str(w.message).strip() for w in caught if not issubclass(w.category, DeprecationWarning)})
+    return check_onnx(model), notes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# describing a model
+
+
+def io_signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """Names, shapes (``"batch"`` for the dynamic axis) and dtypes of the graph inputs and outputs."""
+    import onnx
+
+    def describe(value: Any) -> dict[str, Any]:
+        t = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        return {"name": value.name, "shape": shape, "dtype": dtype}
+
+    initializers = {t.name for t in model.graph.initializer}
+    return {
+        "inputs": [describe(v) for v in model.graph.input if v.name not in initializers],
+        "outputs": [describe(v) for v in model.graph.output],
+    }
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the graph has, sorted by name."""
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# onnxruntime
+
+
+def best_providers() -> list[str]:
+    """The onnxruntime execution providers to use, best first: TensorRT, CUDA, then CPU where present."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    return [p for p in preferred if p in available] or ["CPUExecutionProvider"]
+
+
+def ort_session(
+    model: str | os.PathLike[str] | bytes, providers: Sequence[str] | None = None
+) -> onnxruntime.InferenceSession:
+    """An onnxruntime session on ``model`` (a path or serialized bytes); the CPU unless ``providers`` says."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no provider chatter on the terminal
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def run_onnx(session: onnxruntime.InferenceSession, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """The first output of ``session`` on ``x``, run ``batch_size`` samples at a time."""
+    name = session.get_inputs()[0].name
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    chunks = [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parity
+
+
+def parity_inputs(
+    input_shape: Sequence[int], batches: Sequence[int] = (1, 3), *, seed: int = 0
+) -> list[np.ndarray]:
+    """Standard-normal float32 batches of ``[n, *input_shape]`` for each ``n``, the same for a given seed."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, *input_shape), dtype=np.float32) for n in batches]
+
+
+def compare_outputs(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Max abs error, max relative error (to max |ref|) and top-1 agreement of two logit arrays."""
+    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    scale = float(np.max(np.abs(ref)))
+    agree = float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1)))
+    return {"max_abs_err": err, "max_rel_err": err / max(scale, 1e-12), "top1_agreement": agree}
+
+
+def verify_outputs(
+    model: str | os.PathLike[str] | bytes | onnxruntime.InferenceSession,
+    inputs: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    precision: str,
+) -> dict[str, Any]:
+    """Run ``model`` (a path, bytes or a session) in onnxruntime on ``inputs`` and hold it to the
+    ``precision``'s bar against ``references``; raises :class:`BuildError` when it misses (fp32: abs error,
+    fp16: relative error).
+
+    Returns a dict: ``precision``, ``criterion``, ``batches``, ``max_abs_err``, ``max_rel_err``,
+    ``top1_agreement``, ``passed`` (and where the reference and runtime come from).
+    """
+    import onnxruntime as ort
+
+    session = model if isinstance(model, ort.InferenceSession) else ort_session(model)
+    name = session.get_inputs()[0].name
+    worst = {"max_abs_err": 0.0, "max_rel_err": 0.0}
+    agree = total = 0
+    for x, ref in zip(inputs, references, strict=True):
+        got = np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
+        if got.shape != ref.shape:
+            raise BuildError(
+                f"onnxruntime gives logits of shape {list(got.shape)} for a batch of {len(x)}, "
+                f"PyTorch {list(ref.shape)}"
+            )
+        if not np.all(np.isfinite(got)):
+            raise BuildError(
+                f"the {precision} model's outputs are not finite (NaN or inf) at batch {len(x)}",
+                hint="check the weights" if precision == "fp32" else "try --precision fp32",
+            )
+        stats = compare_outputs(got, ref)
+        worst = {k: max(v, stats[k]) for k, v in worst.items()}
+        agree += round(stats["top1_agreement"] * len(x))
+        total += len(x)
+    bound = TOLERANCES[precision]
+    if precision == "fp32":
+        criterion, passed = f"max |onnxruntime - torch| <= {bound:g}", worst["max_abs_err"] <= bound
+    elif precision == "fp16":
+        criterion, passed = (
+            f"max |onnxruntime - torch| <= {bound:g} * max |torch|",
+            worst["max_rel_err"] <= bound,
+        )
+    else:
+        raise ValueError(f"verify_outputs compares fp32 and fp16 models, not {precision!r}")
+    result = {
+        "precision": precision,
+        "reference": "the PyTorch eval module, before rewrites",
+        "runtime": _runtime_name(),
+        "criterion": criterion,
+        "batches": [len(x) for x in inputs],
+        "max_abs_err": _round(worst["max_abs_err"]),
+        "max_rel_err": _round(worst["max_rel_err"]),
+        "top1_agreement": agree / max(total, 1),
+        "passed": bool(passed),
+    }
+    if not passed:
+        raise BuildError(
+            f"parity check failed: the {precision} ONNX model differs from PyTorch by "
+            f"{worst['max_abs_err']:.3g} "
+            f"(relative {worst['max_rel_err']:.3g}), over the bar {criterion}",
+            hint="rerun with --plain to export without the graph rewrites, and report it"
+            if precision == "fp32"
+            else "build --precision fp32, and report it",
+        )
+    return result
+
+
+def verify_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Hold the int8 model's logits to the fp32 model's on the same inputs (and their labels, if any);
+    raises :class:`BuildError` when they miss the bar (:data:`TOLERANCES`)."""
+    # softmax ignores a per-sample shift of the logits, so neither signal nor noise counts one
+    signal = fp32.astype(np.float64) - fp32.mean(axis=1, keepdims=True)
+    error = signal - (int8.astype(np.float64) - int8.mean(axis=1, keepdims=True))
+    sqnr = 10 * np.log10(float(np.sum(signal**2)) / max(float(np.sum(error**2)), 1e-30))
+    result: dict[str, Any] = {
+        "precision": "int8",
+        "reference": "the fp32 ONNX model",
+        "runtime": _runtime_name(),
+        "criterion": f"logits SQNR >= {TOLERANCES['int8_sqnr_db']:g} dB"
+        + (f", top-1 at most {TOLERANCES['int8_top1_drop']:.0%} below fp32" if labels is not None else ""),
+        "samples": len(fp32),
+        "sqnr_db": round(sqnr, 1),
+        "top1_agreement": round(float(np.mean(fp32.argmax(1) == int8.argmax(1))), 4),
+    }
+    passed = sqnr >= TOLERANCES["int8_sqnr_db"]
+    if labels is not None:
+        result["top1_fp32"] = round(float(np.mean(fp32.argmax(1) == labels)), 4)
+        result["top1_int8"] = round(float(np.mean(int8.argmax(1) == labels)), 4)
+        passed &= result["top1_int8"] >= result["top1_fp32"] - TOLERANCES["int8_top1_drop"]
+    result["passed"] = bool(passed)
+    if not passed:
+        top1 = f", top-1 {result['top1_fp32']:.1%} -> {result['top1_int8']:.1%}" if labels is not None else ""
+        raise BuildError(
+            f"the int8 model is too far from fp32: logits SQNR {sqnr:.1f} dB{top1} "
+            f"(bar: {result['criterion']})",
+            hint="calibrate on more or more representative data (--calib-samples), or build fp16",
+        )
+    return result
+
+
+def _runtime_name() -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} CPUExecutionProvider"
+
+
+def _round(value: float) -> float:
+    """Three significant digits: enough to read, and stable across runs on one machine."""
+    return float(f"{value:.3g}")

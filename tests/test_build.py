@@ -1,0 +1,511 @@
+"""``densegraph build``: the folder it writes, the manifest, reproducibility, every precision and target, and
+failures that leave the output folder exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import densegraph.export.tensorrt as trt_backend
+from densegraph.cli import main
+from densegraph.errors import BuildError
+from densegraph.export.onnx import ort_session, run_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SPEC = str(REPO / "tests" / "data" / "torchvision-tiny.yaml")
+DIGITS_SPEC = str(REPO / "specs" / "digits.yaml")
+FIXTURES = Path(os.environ.get("DENSEGRAPH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet.pth")
+LEGACY_WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet-legacy-keys.pth")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """These models are tiny: one thread is as fast, and immune to a busy machine's oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["build", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def good_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny spec built with torchvision's weights (made once, copied by the tests that need it)."""
+    out = tmp_path_factory.mktemp("good") / "tiny"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["build", TINY_SPEC, "--weights", WEIGHTS, "-o", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture
+def existing(good_build: Path, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A good build in ``tmp_path/out`` and its bytes."""
+    out = tmp_path / "out"
+    shutil.copytree(good_build, out)
+    return out, snapshot(out)
+
+
+def assert_untouched(out: Path, before: dict[str, bytes]) -> None:
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name], "temporary folders were left behind"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a good build
+
+
+def test_build_writes_model_manifest_and_picture(good_build: Path) -> None:
+    from densegraph import build_graph, load_spec
+    from densegraph.train import graph_sha256
+
+    graph = build_graph(load_spec(TINY_SPEC))
+    assert sorted(p.name for p in good_build.iterdir()) == ["graph.svg", "manifest.json", "model.onnx"]
+    manifest = json.loads((good_build / "manifest.json").read_text())
+    assert manifest["format"] == "densegraph.build/1"
+    assert manifest["spec"] == {
+        "path": TINY_SPEC,
+        "sha256": sha256(TINY_SPEC),
+        "graph_sha256": graph_sha256(graph),
+    }
+    assert manifest["weights"] == {"path": WEIGHTS, "sha256": sha256(WEIGHTS)}
+    assert "seed" not in manifest
+    assert manifest["model"]["sha256"] == sha256(good_build / "model.onnx")
+    assert manifest["graph"]["sha256"] == sha256(good_build / "graph.svg")
+    assert (manifest["precision"], manifest["opset"], manifest["target"]) == ("fp32", 19, "onnx")
+    assert manifest["inputs"] == [{"name": "images", "shape": ["batch", 3, 64, 64], "dtype": "float32"}]
+    assert manifest["outputs"] == [{"name": "logits", "shape": ["batch", 10], "dtype": "float32"}]
+    assert manifest["params"] == 26298  # torchvision-tiny-densenet.json
+    assert manifest["macs"] > 0
+    assert manifest["rewrites"] == ["fold_bn", "swap_pool_conv"]
+    parity = manifest["parity"]["fp32"]
+    assert parity["passed"] and parity["batches"] == [1, 3] and parity["max_abs_err"] <= 1e-4
+    assert set(manifest["versions"]) >= {"densegraph", "torch", "onnx", "onnxruntime"}
+
+
+@pytest.mark.parametrize("weights", [WEIGHTS, LEGACY_WEIGHTS], ids=["current-keys", "legacy-keys"])
+def test_built_model_reproduces_torchvision(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good_build: Path, weights: str
+) -> None:
+    out = tmp_path / "out"
+    assert build(capsys, TINY_SPEC, "--weights", weights, "-o", str(out))[0] == 0
+    io = torch.load(FIXTURES / "torchvision-tiny-densenet-io.pt", weights_only=True)
+    got = run_onnx(ort_session(out / "model.onnx"), io["input"].numpy())
+    assert np.max(np.abs(got - io["output"].numpy())) <= 1e-4
+    assert (out / "model.onnx").read_bytes() == (good_build / "model.onnx").read_bytes()
+
+
+def test_rebuild_is_byte_identical_and_replaces_the_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first, second = tmp_path / "a" / "tiny", tmp_path / "b" / "tiny"
+    for out in (first, second, second):  # the third run replaces a build
+        assert build(capsys, TINY_SPEC, "--seed", "7", "-o", str(out))[0] == 0
+    assert snapshot(first) == snapshot(second)
+    assert json.loads((first / "manifest.json").read_text())["seed"] == 7
+    assert sorted(p.name for p in second.parent.iterdir()) == ["tiny"]
+    assert build(capsys, TINY_SPEC, "--seed", "8", "-o", str(second))[0] == 0
+    assert (first / "model.onnx").read_bytes() != (second / "model.onnx").read_bytes()
+
+
+def test_default_output_folder_and_short_output_off_a_terminal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = build(capsys, TINY_SPEC)
+    assert code == 0 and err == ""
+    assert out.splitlines() == [out.strip()] and out.startswith(
+        "built build/torchvision-tiny/: model.onnx (fp32, opset 19"
+    )
+    assert (tmp_path / "build" / "torchvision-tiny" / "model.onnx").is_file()
+
+
+def test_plain_export_has_no_rewrites(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good_build: Path
+) -> None:
+    out = tmp_path / "plain"
+    assert build(capsys, TINY_SPEC, "--weights", WEIGHTS, "--plain", "-o", str(out))[0] == 0
+    plain = json.loads((out / "manifest.json").read_text())
+    frozen = json.loads((good_build / "manifest.json").read_text())
+    assert plain["rewrites"] == [] and plain["parity"]["fp32"]["passed"]
+    assert plain["model"]["sha256"] != frozen["model"]["sha256"]
+
+
+def test_fp16_build(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "fp16"
+    code, stdout, _ = build(capsys, TINY_SPEC, "--weights", WEIGHTS, "--precision", "fp16", "-o", str(out))
+    assert code == 0 and "fp16 max rel err" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "fp16" and manifest["fp16"]["warnings"] == []
+    assert manifest["parity"]["fp32"]["passed"]
+    fp16 = manifest["parity"]["fp16"]
+    assert fp16["passed"] and fp16["max_rel_err"] <= 1e-2
+    assert manifest["inputs"][0]["dtype"] == manifest["outputs"][0]["dtype"] == "float32"
+    model = onnx.load(out / "model.onnx")
+    assert {t.data_type for t in model.graph.initializer} <= {
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.INT64,
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["graph.svg", "manifest.json", "model.onnx"]
+
+
+@pytest.mark.slow
+def test_int8_build_of_a_trained_model_keeps_top1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("densegraph.export.quantize")
+    from densegraph.train import train
+
+    train(DIGITS_SPEC, "digits", tmp_path / "run", epochs=6, log=lambda _: None)
+    out = tmp_path / "int8"
+    code, stdout, err = build(
+        capsys, DIGITS_SPEC, "--weights", str(tmp_path / "run" / "best.pt"), "--precision", "int8",
+        "--calib", "digits", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = manifest["parity"]["int8"]
+    assert int8["passed"] and int8["samples"] == 360  # the digits val split
+    assert int8["top1_fp32"] >= 0.9
+    assert abs(int8["top1_fp32"] - int8["top1_int8"]) <= 0.01
+    assert int8["top1_agreement"] >= 0.97 and int8["sqnr_db"] >= 15
+    calibration = manifest["calibration"]
+    assert (calibration["source"], calibration["split"], calibration["calibration"]["samples"]) == (
+        "digits",
+        "train",
+        256,
+    )
+    assert "int8 logits SQNR" in stdout and err == ""
+    model = onnx.load(out / "model.onnx")
+    assert (
+        any(n.op_type == "QuantizeLinear" for n in model.graph.node) and model.producer_name == "densegraph"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["graph.svg", "manifest.json", "model.onnx"]
+
+
+def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((16, 3, 64, 64), np.float32))
+    out = tmp_path / "int8"
+    argv = [
+        "--precision",
+        "int8",
+        "--calib",
+        str(tmp_path / "calib.npy"),
+        "--calib-samples",
+        "8",
+        "-o",
+        str(out),
+    ]
+    code, stdout, err = build(capsys, TINY_SPEC, "--weights", WEIGHTS, *argv)
+    assert code == 0 and err == "", err  # onnxruntime.quantization's root-logger warnings are kept off stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = manifest["parity"]["int8"]
+    assert int8["passed"] and int8["samples"] == 8 and "top1_int8" not in int8
+    assert manifest["calibration"]["split"] is None and manifest["calibration"]["calibration"]["samples"] == 8
+    assert manifest["inputs"][0]["dtype"] == "float32"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# failures: one line, exit 2, the folder as it was
+
+
+def _corrupt(tmp_path: Path) -> list[str]:
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(Path(WEIGHTS).read_bytes()[:5000])
+    return [TINY_SPEC, "--weights", str(bad)]
+
+
+def _mismatched(tmp_path: Path) -> list[str]:
+    from densegraph.lower.torch import to_torch
+
+    other = tmp_path / "digits.pth"
+    torch.save(to_torch(DIGITS_SPEC, seed=0).state_dict(), other)
+    return [TINY_SPEC, "--weights", str(other)]
+
+
+def _empty_calib_folder(tmp_path: Path) -> list[str]:
+    (tmp_path / "calib").mkdir()
+    return [TINY_SPEC, "--precision", "int8", "--calib", str(tmp_path / "calib")]
+
+
+def _calib_of_another_size(tmp_path: Path) -> list[str]:
+    np.save(tmp_path / "calib.npy", np.zeros((4, 3, 32, 32), np.float32))
+    return [TINY_SPEC, "--precision", "int8", "--calib", str(tmp_path / "calib.npy")]
+
+
+def _opset(tmp_path: Path) -> list[str]:
+    return [TINY_SPEC, "--opset", "22"]
+
+
+def _parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import densegraph.export.onnx as onnx_export
+
+    monkeypatch.setitem(onnx_export.TOLERANCES, "fp32", 0.0)
+    return [TINY_SPEC, "--weights", WEIGHTS]
+
+
+def _int8_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import densegraph.export.onnx as onnx_export
+
+    monkeypatch.setitem(onnx_export.TOLERANCES, "int8_sqnr_db", 1000.0)
+    np.save(tmp_path / "calib.npy", np.zeros((4, 3, 64, 64), np.float32) + 0.5)
+    return [TINY_SPEC, "--precision", "int8", "--calib", str(tmp_path / "calib.npy")]
+
+
+FAILURES = {
+    "corrupt-weights": (_corrupt, "not a PyTorch weights file"),
+    "mismatched-weights": (_mismatched, "the weights do not fit"),
+    "empty-calibration-folder": (_empty_calib_folder, "no class subfolders"),
+    "calibration-of-another-size": (_calib_of_another_size, "expected [N, 3, 64, 64]"),
+    "unsupported-opset": (_opset, "unsupported ONNX opset 22"),
+    "parity-gate": (_parity, "parity check failed"),
+    "int8-gate": (_int8_gate, "the int8 model is too far from fp32"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_failed_rebuild_leaves_the_previous_build(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    existing: tuple[Path, dict[str, bytes]],
+    case: str,
+) -> None:
+    out, before = existing
+    make, message = FAILURES[case]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    argv = make(inputs, monkeypatch) if case.endswith("-gate") else make(inputs)  # type: ignore[operator]
+    code, stdout, err = build(capsys, *argv, "-o", str(out))
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "error: " in err and message in err, err
+    shutil.rmtree(inputs)
+    assert_untouched(out, before)
+
+
+def test_internal_error_also_leaves_the_previous_build(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    existing: tuple[Path, dict[str, bytes]],
+) -> None:
+    import densegraph.viz
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(densegraph.viz, "write_graph", broken)
+    out, before = existing
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["build", TINY_SPEC, "-o", str(out)])
+    assert_untouched(out, before)
+
+
+def test_unwritable_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = build(capsys, TINY_SPEC, "-o", str(tmp_path / "file" / "out"))
+    assert (
+        code == 2 and err.count("\n") == 1 and "cannot create the output folder" in err and "is a file" in err
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_output_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        code, _, err = build(capsys, TINY_SPEC, "-o", str(locked / "out"))
+    finally:
+        locked.chmod(0o755)
+    assert code == 2 and "cannot create the output folder" in err and "Permission denied" in err
+    assert list(locked.iterdir()) == []
+
+
+def test_refuses_to_replace_a_folder_that_is_no_build(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    code, _, err = build(capsys, TINY_SPEC, "-o", str(folder))
+    assert code == 2 and "holds no densegraph build" in err
+    assert snapshot(folder) == {"notes.txt": b"keep me"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--precision", "int8"], "int8 needs calibration data"),
+        (["--calib", "digits"], "--calib is only used with --precision int8"),
+        (["--dla", "0", "--workspace", "2"], "--workspace, --dla apply only to TensorRT engines"),
+        (["--version-compat"], "--version-compat applies only to TensorRT engines"),
+        (
+            ["--calib-samples", "0", "--precision", "int8", "--calib", "digits"],
+            "--calib-samples must be positive",
+        ),
+    ],
+)
+def test_argument_mistakes_fail_before_any_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
+) -> None:
+    code, _, err = build(capsys, TINY_SPEC, *argv, "-o", str(tmp_path / "out"))
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --target tensorrt
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine as CI sees it: no tensorrt module, no GPU (whatever is really installed)."""
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setattr(trt_backend, "_cuda_available", lambda: False)
+    monkeypatch.setattr(trt_backend, "_tensorrt_installed", lambda: False)
+
+
+def test_tensorrt_target_without_tensorrt_keeps_the_onnx_and_script(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, no_tensorrt: None
+) -> None:
+    out = tmp_path / "trt"
+    code, stdout, err = build(
+        capsys, TINY_SPEC, "--target", "tensorrt", "--precision", "fp16", "-o", str(out)
+    )
+    assert code == 2 and stdout == ""
+    assert err.count("\n") == 1 and "no TensorRT engine built: no CUDA GPU is visible" in err
+    assert ".tmp" not in err and str(out / "build_engine.sh") in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "build_engine.sh",
+        "graph.svg",
+        "manifest.json",
+        "model.onnx",
+    ]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"] == "tensorrt" and manifest["engine"]["built"] is False
+    assert manifest["engine"]["script"] == "build_engine.sh"
+    assert manifest["model"]["sha256"] == sha256(out / "model.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trt"]
+
+
+def _fake_build_engine(calls: list[dict[str, Any]], fail: bool = False) -> Any:
+    def build_engine(onnx_path: Path, out_dir: Path, options: Any, **kw: Any) -> dict[str, Any]:
+        calls.append({"onnx": Path(onnx_path), "out": Path(out_dir), "options": options})
+        (Path(out_dir) / "model.engine").write_bytes(b"plan")
+        (Path(out_dir) / "build_engine.sh").write_text("#!/bin/sh\n")
+        if fail:
+            raise BuildError("the engine disagrees with onnxruntime")
+        return {
+            "engine_path": str(Path(out_dir) / "model.engine"),
+            "engine_sha256": hashlib.sha256(b"plan").hexdigest(),
+            "tensorrt_version": "10.16.1.11",
+            "gpu": {"name": "Fake GPU", "compute_capability": "8.7"},
+            "verification": {"summary": "pass"},
+        }
+
+    return build_engine
+
+
+def test_tensorrt_target_builds_the_engine_in_the_output_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(trt_backend, "build_engine", _fake_build_engine(calls))
+    out = tmp_path / "trt"
+    argv = [
+        "--target",
+        "tensorrt",
+        "--precision",
+        "fp16",
+        "--batch",
+        "2:4:16",
+        "--dla",
+        "1",
+        "--workspace",
+        "2",
+    ]
+    code, stdout, _ = build(
+        capsys, TINY_SPEC, *argv, "--timing-cache", str(tmp_path / "cache"), "-o", str(out)
+    )
+    assert code == 0 and stdout.startswith(f"built {out}/")
+    (call,) = calls
+    assert call["out"] == out and call["onnx"] == out / "model.onnx"
+    options = call["options"]
+    assert (options.precision, options.batch, options.dla_core, options.workspace_gib) == (
+        "fp16",
+        (2, 4, 16),
+        1,
+        2.0,
+    )
+    assert options.timing_cache == str(tmp_path / "cache")
+    assert options.hardware_compat is False and options.version_compat is False
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"]["built"] is True and manifest["engine"]["file"] == "model.engine"
+    assert manifest["batch"] == {"min": 2, "opt": 4, "max": 16}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trt"]
+
+
+def test_failed_engine_build_restores_the_previous_build(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    existing: tuple[Path, dict[str, bytes]],
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(trt_backend, "build_engine", _fake_build_engine(calls, fail=True))
+    out, before = existing
+    code, _, err = build(capsys, TINY_SPEC, "--target", "tensorrt", "-o", str(out))
+    assert code == 2 and "the engine disagrees with onnxruntime" in err
+    assert calls and calls[0]["out"] == out
+    assert_untouched(out, before)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the shipped model, end to end
+
+
+@pytest.mark.slow
+def test_densenet169_end_to_end(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "densegraph", "build", str(REPO / "specs" / "densenet169.yaml"), "-o", "d169"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout.startswith("built d169/: model.onnx (fp32, opset 19")
+    manifest = json.loads((tmp_path / "d169" / "manifest.json").read_text())
+    assert manifest["params"] == 14_149_480 and manifest["macs"] == 3_359_843_328
+    assert manifest["parity"]["fp32"]["passed"] and manifest["seed"] == 0
+    assert manifest["outputs"][0]["shape"] == ["batch", 1000]
+    print(f"densenet169 build: {seconds:.1f} s")
