@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,7 @@ WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet.pth")
 LEGACY_WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet-legacy-keys.pth")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These models are tiny: one thread is as fast, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

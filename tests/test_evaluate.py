@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = str(ROOT / "tests" / "data" / "tiny-digits.yaml")
 RGB_SPEC = Path(TINY_SPEC).read_text().replace("{channels: 1, size: 8}", "{channels: 3, size: 16}")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.onnx's legacy exporter
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # tiny models gain nothing from intra-op threads, and they stall badly on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]  # torch.onnx's legacy exporter
 
 
 def _fitted(module: torch.nn.Module, shape: tuple[int, int, int]) -> torch.nn.Module:

@@ -1217,25 +1217,11 @@ def bench_engine(
     """Latency and throughput per batch size, input already on the device (engine time, not transfers)."""
     import torch
 
-    rows = []
-    for batch in batch_sizes:
+    from ..bench import time_batches
+
+    def run_for(batch: int) -> Any:
         x = torch.randn((batch, *runner.input_chw), generator=torch.Generator().manual_seed(0))
         x = x.to(runner.device)
-        for _ in range(warmup):
-            runner(x)
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            runner(x)  # synchronizes its stream before returning
-            times.append(time.perf_counter() - start)
-        ms = np.array(times) * 1e3
-        rows.append(
-            {
-                "batch": batch,
-                "latency_ms_mean": float(ms.mean()),
-                "latency_ms_p50": float(np.percentile(ms, 50)),
-                "latency_ms_p90": float(np.percentile(ms, 90)),
-                "throughput_per_s": float(batch * 1e3 / ms.mean()),
-            }
-        )
-    return rows
+        return lambda: runner(x)  # the runner synchronizes its stream before returning
+
+    return time_batches(run_for, batch_sizes, iters=iters, warmup=warmup)
