@@ -135,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W", help="a state_dict or checkpoint (torchvision keys accepted)")
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default build/<name>/)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--calib", metavar="SRC", help="int8 calibration data: digits, an image folder or a .npy file")
-    p.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration samples (default 256)")
+    p.add_argument(
+        "--calib", metavar="SRC", help="int8 calibration data: digits, an image folder or a .npy file"
+    )
+    p.add_argument(
+        "--calib-samples", type=int, default=256, metavar="N", help="calibration samples (default 256)"
+    )
     p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
     p.add_argument("--opset", type=int, default=19, metavar="N", help="ONNX opset (default 19)")
     p.add_argument("--target", choices=("onnx", "tensorrt"), default="onnx")
@@ -147,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
     p.add_argument("--hardware-compat", action="store_true", help="TensorRT engine for Ampere and newer GPUs")
     p.add_argument(
-        "--version-compat", action="store_true", help="TensorRT engine that also runs on later TensorRT versions"
+        "--version-compat",
+        action="store_true",
+        help="TensorRT engine that also runs on later TensorRT versions",
     )
     p.set_defaults(func=_lazy(".build", "run_build"))
 
@@ -155,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("onnx", metavar="MODEL.onnx")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.engine")
     p.add_argument(
-        "--precision", choices=("fp32", "fp16", "int8"), default=None, help="default: what the ONNX is typed as"
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default=None,
+        help="default: what the ONNX is typed as",
     )
     p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
     p.add_argument("--workspace", type=float, metavar="GiB")
@@ -176,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--data", required=True, metavar="digits|DIR")
     p.add_argument("-o", "--output", required=True, metavar="RUN")
-    p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 30; with --resume, as recorded")
+    p.add_argument(
+        "--epochs", type=int, default=None, metavar="N", help="default 30; with --resume, as recorded"
+    )
     p.add_argument("--batch-size", type=int, default=64, metavar="B")
     p.add_argument("--lr", type=float, default=0.1, metavar="LR")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")

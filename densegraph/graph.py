@@ -234,7 +234,11 @@ class _Builder:
                     _conv(f"{module}.conv2", bw * k, k, 3, 1, 1),
                 ]
             else:
-                ops = [_bn(f"{module}.norm1", cin), _relu(f"{module}.relu1"), _conv(f"{module}.conv1", cin, k, 3, 1, 1)]
+                ops = [
+                    _bn(f"{module}.norm1", cin),
+                    _relu(f"{module}.relu1"),
+                    _conv(f"{module}.conv1", cin, k, 3, 1, 1),
+                ]
             if block.dropout > 0:
                 ops.append({"op": "dropout", "name": None, "p": block.dropout})
             self.add(node, "dense_layer", module, inputs, ops, loc, block=b, layer=i)
@@ -288,7 +292,13 @@ class _Builder:
             _bn("features.norm5", cin),
             _relu(None),
             {"op": "global_avgpool", "name": None},
-            {"op": "linear", "name": "classifier", "in_features": cin, "out_features": spec.head.classes, "bias": True},
+            {
+                "op": "linear",
+                "name": "classifier",
+                "in_features": cin,
+                "out_features": spec.head.classes,
+                "bias": True,
+            },
         ]
         self.add("head", "head", "", list(self._maps), ops, spec.head.loc or spec.loc_of("head"))
 
@@ -360,7 +370,9 @@ def check_graph(graph: nx.DiGraph) -> None:
             data["params"],
             data["macs"],
         ):
-            _fail(f"{node}: its ops give {channels} channels {size}, {params} params, {macs} MACs; attributes disagree")
+            _fail(
+                f"{node}: its ops give {channels} channels {size}, {params} params, {macs} MACs; attributes disagree"
+            )
         if data["kind"] == "block_input" and len(inputs) != 1:
             _fail(f"{node}: a block input has exactly one input")
     for block in graph.graph.get("blocks", []):
@@ -372,13 +384,19 @@ def check_graph(graph: nx.DiGraph) -> None:
             _fail(f"block {block['index']}: {edges} edges feed its layers, recorded {block['edges']}")
         L = block["layers"]
         if block["connectivity"] == "dense" and edges != L * (L + 1) // 2:
-            _fail(f"block {block['index']}: {edges} edges feed its {L} layers, expected L(L+1)/2 = {L * (L + 1) // 2}")
+            _fail(
+                f"block {block['index']}: {edges} edges feed its {L} layers, expected L(L+1)/2 = {L * (L + 1) // 2}"
+            )
         rule = Connectivity(block["connectivity"], block["window"])
         expected = sum(len(layer_sources(rule, i)) for i in range(1, L + 1))
         if edges != expected:
-            _fail(f"block {block['index']}: {edges} edges feed its layers, the {rule.kind} rule gives {expected}")
+            _fail(
+                f"block {block['index']}: {edges} edges feed its layers, the {rule.kind} rule gives {expected}"
+            )
         for n in layer_nodes:
             if graph.nodes[n]["out_channels"] != block["growth_rate"]:
-                _fail(f"{n}: produces {graph.nodes[n]['out_channels']} channels, growth rate is {block['growth_rate']}")
+                _fail(
+                    f"{n}: produces {graph.nodes[n]['out_channels']} channels, growth rate is {block['growth_rate']}"
+                )
         if sum(graph.nodes[n]["out_channels"] for n in block["nodes"]) != block["out_channels"]:
             _fail(f"block {block['index']}: output channels do not add up")

@@ -243,12 +243,23 @@ def _check_tag(file: str, node: yaml.Node, constructor: yaml.constructor.SafeCon
 def _yaml_error(file: str, exc: yaml.MarkedYAMLError) -> SpecError:
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or exc.context or "invalid YAML"
-    if exc.context and exc.problem:  # PyYAML's contexts read "while scanning …" (after) or "expected …" (before)
-        problem = f"{problem} {exc.context}" if exc.context.startswith("while") else f"{exc.context}, {problem}"
+    if (
+        exc.context and exc.problem
+    ):  # PyYAML's contexts read "while scanning …" (after) or "expected …" (before)
+        problem = (
+            f"{problem} {exc.context}" if exc.context.startswith("while") else f"{exc.context}, {problem}"
+        )
         start = exc.context_mark
-        if exc.context.startswith("while") and start is not None and mark is not None and start.line != mark.line:
+        if (
+            exc.context.startswith("while")
+            and start is not None
+            and mark is not None
+            and start.line != mark.line
+        ):
             problem += f" that starts at {start.line + 1}:{start.column + 1}"  # e.g. the unclosed bracket
-    return SpecError(f"invalid YAML: {problem}", loc=_mark_loc(file, mark), hint="check the indentation and quoting")
+    return SpecError(
+        f"invalid YAML: {problem}", loc=_mark_loc(file, mark), hint="check the indentation and quoting"
+    )
 
 
 def _reader_error(file: str, text: str, exc: yaml.reader.ReaderError) -> SpecError:
@@ -272,7 +283,9 @@ def _parse_text(text: str, file: str) -> _Val:
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML: {' '.join(str(exc).split())}", loc=Loc(file)) from None
     if node is None:
-        raise SpecError("the spec is empty", loc=Loc(file, 1, 1), hint="a spec is a mapping with at least 'blocks'")
+        raise SpecError(
+            "the spec is empty", loc=Loc(file, 1, 1), hint="a spec is a mapping with at least 'blocks'"
+        )
     root = _Converter(file).convert(node)
     if not isinstance(root.value, dict):
         raise SpecError(
@@ -293,7 +306,9 @@ def _read_file(path: Path) -> str:
     except OSError as exc:
         raise SpecError(f"cannot read the file: {exc.strerror}", loc=Loc(str(path))) from None
     if len(data) > 1_000_000:
-        raise SpecError("the spec file is larger than 1 MB", loc=Loc(str(path)), hint="a spec is a short document")
+        raise SpecError(
+            "the spec file is larger than 1 MB", loc=Loc(str(path)), hint="a spec is a short document"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -327,7 +342,9 @@ def _load_tree(path: Path, display: str, chain: tuple[str, ...]) -> _Val:
     if extends is None:
         return root
     if not isinstance(extends.value, str) or not extends.value.strip():
-        raise SpecError("'extends' must be a relative path to another spec", loc=extends.loc, hint="extends: base.yaml")
+        raise SpecError(
+            "'extends' must be a relative path to another spec", loc=extends.loc, hint="extends: base.yaml"
+        )
     if os.path.isabs(extends.value):
         raise SpecError(
             f"'extends' must be a path relative to this spec, got the absolute path {extends.value!r}",
@@ -387,7 +404,9 @@ def _int(val: _Val, what: str, *, minimum: int = 1, limit: str | None = None) ->
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"{what} must be an integer, got {_type_name(value)} {value!r}", loc=val.loc)
     if isinstance(value, float) or not isinstance(value, int):
-        raise SpecError(f"{what} must be an integer, got {value!r}", loc=val.loc, hint=f"write {what} without a fraction")
+        raise SpecError(
+            f"{what} must be an integer, got {value!r}", loc=val.loc, hint=f"write {what} without a fraction"
+        )
     if value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise SpecError(f"{what} must be {kind}, got {value}", loc=val.loc)
@@ -433,20 +452,28 @@ def _connectivity(val: _Val, what: str) -> Connectivity:
     if isinstance(val.value, str):
         kind = _choice(val, f"{what}", CONNECTIVITY_KINDS)
         if kind == "window":
-            raise SpecError("window connectivity needs a size", loc=val.loc, hint="connectivity: {kind: window, size: 4}")
+            raise SpecError(
+                "window connectivity needs a size", loc=val.loc, hint="connectivity: {kind: window, size: 4}"
+            )
         return Connectivity(kind, None, val.loc)
     mapping = _mapping(val, what)
     _unknown_keys(mapping, ("kind", "size"), what)
     if "kind" not in mapping:
-        raise SpecError(f"{what} needs a 'kind'", loc=val.loc, hint=f"one of: {', '.join(CONNECTIVITY_KINDS)}")
+        raise SpecError(
+            f"{what} needs a 'kind'", loc=val.loc, hint=f"one of: {', '.join(CONNECTIVITY_KINDS)}"
+        )
     kind = _choice(mapping["kind"], f"{what}.kind", CONNECTIVITY_KINDS)
     size = None
     if kind == "window":
         if "size" not in mapping:
-            raise SpecError("window connectivity needs a size", loc=val.loc, hint="connectivity: {kind: window, size: 4}")
+            raise SpecError(
+                "window connectivity needs a size", loc=val.loc, hint="connectivity: {kind: window, size: 4}"
+            )
         size = _int(mapping["size"], f"{what}.size", limit="window")
     elif "size" in mapping:
-        raise SpecError(f"'size' applies only to window connectivity, not '{kind}'", loc=mapping["size"].key_loc)
+        raise SpecError(
+            f"'size' applies only to window connectivity, not '{kind}'", loc=mapping["size"].key_loc
+        )
     return Connectivity(kind, size, val.loc)
 
 
@@ -464,6 +491,15 @@ _TOP_KEYS = (
     "extends",
 )
 _BLOCK_KEYS = ("layers", "growth_rate", "bottleneck", "dropout", "compression", "connectivity")
+
+# the options a block mapping may override: key -> reader(value, name for messages)
+_OPTION_READERS: dict[str, Callable[[_Val, str], Any]] = {
+    "growth_rate": lambda v, what: _int(v, what, limit="growth_rate"),
+    "bottleneck": lambda v, what: _int(v, what, minimum=0, limit="bottleneck"),
+    "dropout": lambda v, what: _float(v, what, 0.0, 1.0, low_open=False, high_open=True),
+    "compression": lambda v, what: _float(v, what, 0.0, 1.0, low_open=True, high_open=False),
+    "connectivity": _connectivity,
+}
 
 
 def _validate(root: _Val, path: str) -> Spec:
@@ -491,22 +527,35 @@ def _validate(root: _Val, path: str) -> Spec:
             if isinstance(sv.value, list):
                 if len(sv.value) != 2:
                     raise SpecError("input.size must be one integer or [height, width]", loc=sv.loc)
-                size = (_int(sv.value[0], "input height", limit="size"), _int(sv.value[1], "input width", limit="size"))
+                size = (
+                    _int(sv.value[0], "input height", limit="size"),
+                    _int(sv.value[1], "input width", limit="size"),
+                )
             else:
                 side = _int(sv, "input.size", limit="size")
                 size = (side, side)
 
     if "growth_rate" not in top:
-        raise SpecError("missing 'growth_rate'", loc=root.loc, hint="add e.g. 'growth_rate: 32' (the paper's k)")
+        raise SpecError(
+            "missing 'growth_rate'", loc=root.loc, hint="add e.g. 'growth_rate: 32' (the paper's k)"
+        )
     growth_rate = _int(top["growth_rate"], "growth_rate", limit="growth_rate")
-    bottleneck = _int(top["bottleneck"], "bottleneck", minimum=0, limit="bottleneck") if "bottleneck" in top else 4
+    bottleneck = (
+        _int(top["bottleneck"], "bottleneck", minimum=0, limit="bottleneck") if "bottleneck" in top else 4
+    )
     compression = (
         _float(top["compression"], "compression", 0.0, 1.0, low_open=True, high_open=False)
         if "compression" in top
         else 0.5
     )
-    dropout = _float(top["dropout"], "dropout", 0.0, 1.0, low_open=False, high_open=True) if "dropout" in top else 0.0
-    connectivity = _connectivity(top["connectivity"], "connectivity") if "connectivity" in top else Connectivity()
+    dropout = (
+        _float(top["dropout"], "dropout", 0.0, 1.0, low_open=False, high_open=True)
+        if "dropout" in top
+        else 0.0
+    )
+    connectivity = (
+        _connectivity(top["connectivity"], "connectivity") if "connectivity" in top else Connectivity()
+    )
 
     stem_kind, stem_channels, stem_loc, stem_locs = "imagenet", 2 * growth_rate, file_loc, {}
     if "stem" in top:
@@ -519,18 +568,31 @@ def _validate(root: _Val, path: str) -> Spec:
         if "channels" in stem_map:
             stem_channels = _int(stem_map["channels"], "stem.channels", limit="channels")
     if stem_channels > LIMITS["channels"]:
-        raise SpecError(f"stem channels of {stem_channels} is too large", loc=locs.get("growth_rate", file_loc))
+        raise SpecError(
+            f"stem channels of {stem_channels} is too large", loc=locs.get("growth_rate", file_loc)
+        )
     stem = Stem(stem_kind, stem_channels, stem_loc, stem_locs)
 
     if "blocks" not in top:
-        raise SpecError("missing 'blocks'", loc=root.loc, hint="add e.g. 'blocks: [6, 12, 24, 16]' (layers per block)")
+        raise SpecError(
+            "missing 'blocks'", loc=root.loc, hint="add e.g. 'blocks: [6, 12, 24, 16]' (layers per block)"
+        )
     blocks_val = top["blocks"]
     if not isinstance(blocks_val.value, list):
-        raise SpecError(f"blocks must be a list, got {_type_name(blocks_val.value)}", loc=blocks_val.loc, hint="blocks: [6, 12, 24, 16]")
+        raise SpecError(
+            f"blocks must be a list, got {_type_name(blocks_val.value)}",
+            loc=blocks_val.loc,
+            hint="blocks: [6, 12, 24, 16]",
+        )
     if not blocks_val.value:
-        raise SpecError("blocks is empty", loc=blocks_val.loc, hint="a network needs at least one dense block")
+        raise SpecError(
+            "blocks is empty", loc=blocks_val.loc, hint="a network needs at least one dense block"
+        )
     if len(blocks_val.value) > LIMITS["blocks"]:
-        raise SpecError(f"{len(blocks_val.value)} blocks is too many (the limit is {LIMITS['blocks']})", loc=blocks_val.loc)
+        raise SpecError(
+            f"{len(blocks_val.value)} blocks is too many (the limit is {LIMITS['blocks']})",
+            loc=blocks_val.loc,
+        )
     blocks: list[Block] = []
     total_layers = total_connections = 0
     for i, item in enumerate(blocks_val.value, start=1):
@@ -550,16 +612,9 @@ def _validate(root: _Val, path: str) -> Spec:
             if "layers" not in mapping:
                 raise SpecError(f"{what} needs 'layers'", loc=item.loc, hint="{layers: 6, growth_rate: 32}")
             layers = _int(mapping["layers"], f"{what}.layers", limit="layers")
-            readers: dict[str, Callable[[_Val], Any]] = {
-                "growth_rate": lambda v: _int(v, f"{what}.growth_rate", limit="growth_rate"),
-                "bottleneck": lambda v: _int(v, f"{what}.bottleneck", minimum=0, limit="bottleneck"),
-                "dropout": lambda v: _float(v, f"{what}.dropout", 0.0, 1.0, low_open=False, high_open=True),
-                "compression": lambda v: _float(v, f"{what}.compression", 0.0, 1.0, low_open=True, high_open=False),
-                "connectivity": lambda v: _connectivity(v, f"{what}.connectivity"),
-            }
-            for key, read in readers.items():
+            for key, read in _OPTION_READERS.items():
                 if key in mapping:
-                    opts[key] = read(mapping[key])
+                    opts[key] = read(mapping[key], f"{what}.{key}")
         else:
             layers = _int(item, f"{what} (layers)", limit="layers")
         total_layers += layers
