@@ -78,6 +78,10 @@ def load_file(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"cannot read the file: {exc.strerror or exc}", loc=where) from None
     except OSError:  # torch's zip reader reports a truncated archive as EINVAL
         raise CheckpointError("not a PyTorch weights file (corrupt or truncated)", loc=where) from None
+    except Exception as exc:  # the restricted unpickler fails on arbitrary bytes in many ways (KeyError, …)
+        raise CheckpointError(
+            f"not a PyTorch weights file (corrupt or another format: {type(exc).__name__})", loc=where
+        ) from None
 
 
 def normalize_state_dict(obj: Any, *, where: Loc | None = None) -> dict[str, torch.Tensor]:

@@ -168,3 +168,18 @@ def test_import_weights_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert "output folder does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"junk\n", b"\x80\x02}q\x00.", b"PK\x03\x04broken", b""])
+def test_arbitrary_bytes_give_one_checkpoint_error(tmp_path: Path, content: bytes) -> None:
+    from densegraph.errors import CheckpointError
+    from densegraph.lower.weights import load_file
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    try:
+        result = load_file(path)
+    except CheckpointError as exc:
+        assert str(path) in exc.format() and "\n" not in exc.format()
+    else:  # a tiny valid pickle of an empty dict is a (useless) valid file
+        assert result == {}
