@@ -1,8 +1,9 @@
 """``densegraph build``: a spec (and weights) to a verified ONNX model, optionally a TensorRT engine.
 
 Stages: graph (spec -> connection graph), lower (PyTorch module, weights or seeded init), export (ONNX),
-check (shapes, ONNX checker), verify (onnxruntime against the PyTorch eval module), fp16 or quantize, picture,
-and for ``--target tensorrt`` the engine. Everything is written to a temporary folder beside the output folder
+check (shapes, ONNX checker), tile (for onnxruntime on the CPU: the graph in a loop over batch tiles sized to
+the cache, :func:`densegraph.export.passes.tile_batch`), verify (onnxruntime against the PyTorch eval module),
+fp16 or quantize, picture, and for ``--target tensorrt`` the engine. Everything is written to a temporary folder beside the output folder
 and moved into place at the end: a failed build leaves nothing behind, and a good build already in the folder
 survives a failed rebuild.
 """
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cost import totals
+from .cost import batch_tile, totals
 from .data import load_data
 from .errors import BuildError, Loc
 from .export.onnx import (
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     import networkx as nx
     from torch import nn
 
-__all__ = ["run_build", "BuildOutput", "PARITY_BATCHES", "INT8_EVAL_SAMPLES"]
+__all__ = ["run_build", "choose_batch_tile", "BuildOutput", "PARITY_BATCHES", "INT8_EVAL_SAMPLES"]
 
 MODEL_NAME = "model.onnx"
 GRAPH_NAME = "graph.svg"
@@ -85,18 +86,24 @@ def run_build(args: argparse.Namespace) -> int:
         manifest = _manifest_head(args, graph, rewrites)
         fp32_path = stage / (MODEL_NAME if args.precision == "fp32" else "model.fp32.onnx")
         model = _export(export_module, graph, args, fp32_path, stages)
+        tile = _batch_tile(args, graph)
+        manifest["batch_tile"] = tile
+        if tile is not None:
+            manifest["rewrites"].append("batch_tiling")
+        if tile is not None and args.precision == "fp32":
+            model = _tile(model, tile, fp32_path, stages)
         with stages.stage("verify", f"onnxruntime vs PyTorch at batch {', '.join(map(str, PARITY_BATCHES))}"):
             inputs, references = _references(module, graph, args)
             manifest["parity"] = {"fp32": verify_outputs(fp32_path, inputs, references, "fp32")}
         if args.precision == "fp16":
             with stages.stage("fp16", "float16 weights and compute, float32 input and output"):
                 model, manifest["fp16"], manifest["parity"]["fp16"] = _fp16(
-                    model, inputs, references, stage / MODEL_NAME
+                    model, inputs, references, stage / MODEL_NAME, tile
                 )
         elif args.precision == "int8":
             with stages.stage("quantize", f"int8 Q/DQ, calibration {args.calib}"):
                 model, manifest["calibration"], manifest["parity"]["int8"] = _int8(
-                    model, fp32_path, stage / MODEL_NAME, calib, args
+                    model, fp32_path, stage / MODEL_NAME, calib, args, tile
                 )
         if fp32_path.name != MODEL_NAME:
             fp32_path.unlink()
@@ -145,6 +152,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         )
         if value is not None
     ]
+    if args.batch_tile not in ("auto", "off") and (args.target == "tensorrt" or args.plain):
+        why = "--target tensorrt (TensorRT takes whole batches)" if args.target == "tensorrt" else "--plain"
+        raise BuildError(
+            f"--batch-tile {args.batch_tile} does not go with {why}", hint="leave --batch-tile out"
+        )
     if trt_only and args.target != "tensorrt":
         verb = "applies" if len(trt_only) == 1 else "apply"
         raise BuildError(
@@ -301,6 +313,54 @@ def _export(
     return model
 
 
+def _batch_tile(args: argparse.Namespace, graph: nx.DiGraph) -> int | None:
+    return choose_batch_tile(
+        graph,
+        args.batch_tile,
+        precision=args.precision,
+        target=args.target,
+        plain=args.plain,
+        max_batch=args.batch[2],
+    )
+
+
+def choose_batch_tile(
+    graph: nx.DiGraph,
+    setting: str = "auto",
+    *,
+    precision: str = "fp32",
+    target: str = "onnx",
+    plain: bool = False,
+    max_batch: int = 32,
+) -> int | None:
+    """The batch tile of the final model (``--batch-tile`` is ``setting``), or ``None`` for none.
+
+    ``auto`` tiles what onnxruntime runs on the CPU (fp32 and int8 for ``--target onnx``) so that one tile's
+    largest concatenation group fits :data:`densegraph.cost.TILE_BYTES`, unless a tile would hold
+    ``max_batch`` (``--batch``'s MAX) anyway: the loop costs ~40 us a run, which a tiny model at batch 1 would
+    only pay for. fp16 is a GPU precision and TensorRT takes whole batches, so neither is tiled; ``plain``
+    (``--plain``) applies no rewrite at all.
+    """
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return int(setting)
+    if plain or target == "tensorrt" or precision == "fp16":
+        return None
+    tile = batch_tile(graph, element_bytes=1 if precision == "int8" else 4)
+    return tile if tile < max_batch else None
+
+
+def _tile(model: Any, tile: int, path: Path, stages: _Stages) -> Any:
+    """``model`` in a loop over batch tiles of ``tile`` samples, checked and written to ``path``."""
+    from .export.passes import tile_batch
+
+    with stages.stage("tile", f"onnxruntime CPU: a loop over batch tiles of {tile} sample(s)"):
+        model = check_onnx(tile_batch(model, tile).model)
+        save_onnx(model, path)
+    return model
+
+
 def _references(module: nn.Module, graph: nx.DiGraph, args: argparse.Namespace) -> tuple[list, list]:
     """The parity inputs and the unrewritten eval module's logits on them."""
     import torch
@@ -322,9 +382,16 @@ def _doc(graph: nx.DiGraph) -> str:
     return f"{graph.graph['name']}: images [batch, {c}, {h}, {w}] float32 -> logits [batch, {classes}]"
 
 
-def _fp16(model: Any, inputs: list, references: list, path: Path) -> tuple[Any, dict, dict | str]:
-    """Convert to fp16 and verify it where onnxruntime's CPU kernels run it; returns model, record, parity."""
+def _fp16(
+    model: Any, inputs: list, references: list, path: Path, tile: int | None
+) -> tuple[Any, dict, dict | str]:
+    """Convert to fp16 (then tile) and verify it where onnxruntime's CPU kernels run it; returns model,
+    record, parity."""
     model16, notes = fp16_from_onnx(model)
+    if tile is not None:
+        from .export.passes import tile_batch
+
+        model16 = check_onnx(tile_batch(model16, tile).model)
     data = save_onnx(model16, path)
     record: dict[str, Any] = {
         "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)",
@@ -345,9 +412,10 @@ def _calibration_data(args: argparse.Namespace, graph: nx.DiGraph) -> Any:
 
 
 def _int8(
-    fp32: Any, fp32_path: Path, path: Path, calib: Any, args: argparse.Namespace
+    fp32: Any, fp32_path: Path, path: Path, calib: Any, args: argparse.Namespace, tile: int | None
 ) -> tuple[Any, dict, dict]:
-    """Quantize with the calibration data; score int8 against fp32 (and the labels, when there are some)."""
+    """Quantize with the calibration data (then tile); score int8 against fp32 (and the labels, when there are
+    some)."""
     import onnx
 
     from .export.quantize import quantize_onnx
@@ -359,6 +427,10 @@ def _int8(
         done = quantize_onnx(fp32_path, path, calib.x, form=form)
     model = onnx.load(os.fspath(path))
     stamp(model, fp32.graph.name, fp32.doc_string)  # the quantizer names itself the producer
+    if tile is not None:
+        from .export.passes import tile_batch
+
+        model = tile_batch(model, tile).model
     model = check_onnx(model)
     save_onnx(model, path)
     labelled = calib.y.size > 0

@@ -43,6 +43,12 @@ def _batch_range(text: str) -> tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
+def _batch_tile(text: str) -> str:
+    if text in ("auto", "off") or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, off or a positive number of samples, got {text!r}")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # validate / summary / graph: spec and graph stages only
 
@@ -141,10 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calib-samples", type=int, default=256, metavar="N", help="calibration samples (default 256)"
     )
-    p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
+    p.add_argument(
+        "--batch",
+        type=_batch_range,
+        default=(1, 8, 32),
+        metavar="MIN:OPT:MAX",
+        help="batch sizes to serve (TensorRT's profile; MAX also bounds auto batch tiling)",
+    )
     p.add_argument("--opset", type=int, default=19, metavar="N", help="ONNX opset (default 19)")
     p.add_argument("--target", choices=("onnx", "tensorrt"), default="onnx")
     p.add_argument("--plain", action="store_true", help="export without the graph rewrites (for comparison)")
+    p.add_argument(
+        "--batch-tile",
+        type=_batch_tile,
+        default="auto",
+        metavar="auto|off|N",
+        help="run onnxruntime's CPU graph in batch tiles of N samples (auto: sized to the cache)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization when no --weights")
     p.add_argument("--workspace", type=float, metavar="GiB", help="TensorRT workspace pool limit")
     p.add_argument("--dla", type=int, metavar="CORE", help="build for this DLA core (Jetson), GPU fallback")

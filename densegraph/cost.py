@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["op_output", "op_params", "op_macs", "totals"]
+__all__ = ["TILE_BYTES", "batch_tile", "op_output", "op_params", "op_macs", "totals"]
+
+# The cache budget of one batch tile: a tile's largest concatenation group (the block buffer a dense block
+# fills) should stay in the last-level cache from one layer to the next, and under glibc's mmap threshold.
+# Measured on 2-core EPYC VMs (tools/bench_torch_infer.py, tools/bench_infer.py): densenet121 at batch 8 ran
+# 10-15% faster in tiles of one sample than untiled, in PyTorch and in onnxruntime alike.
+TILE_BYTES = 4 << 20
 
 Size = tuple[int, int]
 
@@ -65,3 +71,15 @@ def totals(graph: Any) -> dict[str, int]:
     """Sum of the per-node cost attributes of a connection graph."""
     keys = ("params", "macs", "activations", "concat_elements")
     return {key: sum(int(data.get(key, 0)) for _, data in graph.nodes(data=True)) for key in keys}
+
+
+def batch_tile(graph: Any, element_bytes: int = 4, budget: int = TILE_BYTES) -> int:
+    """Samples per batch tile: as many as fit the largest per-sample concatenation group in ``budget`` bytes
+    (at least one). ``element_bytes``: 4 for fp32 feature maps, 1 for int8."""
+    largest = max((int(data.get("concat_elements", 0)) for _, data in graph.nodes(data=True)), default=0)
+    if largest == 0:  # no concatenation anywhere: the largest feature map a node outputs
+        largest = max(
+            data["out_channels"] * data["out_size"][0] * data["out_size"][1]
+            for _, data in graph.nodes(data=True)
+        )
+    return max(1, budget // (largest * element_bytes))

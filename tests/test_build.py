@@ -101,6 +101,8 @@ def test_build_writes_model_manifest_and_picture(good_build: Path) -> None:
     assert manifest["params"] == 26298  # torchvision-tiny-densenet.json
     assert manifest["macs"] > 0
     assert manifest["rewrites"] == ["fold_bn", "swap_pool_conv"]
+    assert manifest["batch_tile"] is None  # 128 of its samples fit the cache budget: more than --batch's 32
+    assert "Loop" not in manifest["model"]["ops"]
     parity = manifest["parity"]["fp32"]
     assert parity["passed"] and parity["batches"] == [1, 3] and parity["max_abs_err"] <= 1e-4
     assert set(manifest["versions"]) >= {"densegraph", "torch", "onnx", "onnxruntime"}
@@ -152,6 +154,32 @@ def test_plain_export_has_no_rewrites(
     frozen = json.loads((good_build / "manifest.json").read_text())
     assert plain["rewrites"] == [] and plain["parity"]["fp32"]["passed"]
     assert plain["model"]["sha256"] != frozen["model"]["sha256"]
+
+
+def test_batch_tiled_build_reproduces_torchvision(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good_build: Path
+) -> None:
+    out = tmp_path / "tiled"
+    assert build(capsys, TINY_SPEC, "--weights", WEIGHTS, "--batch-tile", "2", "-o", str(out))[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["batch_tile"] == 2 and manifest["rewrites"] == [
+        "fold_bn",
+        "swap_pool_conv",
+        "batch_tiling",
+    ]
+    assert manifest["model"]["ops"]["Loop"] == 1 and manifest["parity"]["fp32"]["passed"]
+    assert manifest["inputs"] == [{"name": "images", "shape": ["batch", 3, 64, 64], "dtype": "float32"}]
+    assert manifest["outputs"] == [{"name": "logits", "shape": ["batch", 10], "dtype": "float32"}]
+    io = torch.load(FIXTURES / "torchvision-tiny-densenet-io.pt", weights_only=True)
+    x = io["input"].numpy()
+    got = run_onnx(ort_session(out / "model.onnx"), x)
+    assert np.max(np.abs(got - io["output"].numpy())) <= 1e-4
+    untiled = run_onnx(ort_session(good_build / "model.onnx"), x)
+    np.testing.assert_allclose(got, untiled, rtol=1e-6, atol=1e-6)
+    # a smaller --batch MAX than the auto tile: auto tiles (128 samples a tile, batches up to 256)
+    auto = tmp_path / "auto"
+    assert build(capsys, TINY_SPEC, "--weights", WEIGHTS, "--batch", "1:8:256", "-o", str(auto))[0] == 0
+    assert json.loads((auto / "manifest.json").read_text())["batch_tile"] == 128
 
 
 def test_fp16_build(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -214,6 +242,8 @@ def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[st
         str(tmp_path / "calib.npy"),
         "--calib-samples",
         "8",
+        "--batch-tile",
+        "3",
         "-o",
         str(out),
     ]
@@ -224,6 +254,9 @@ def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[st
     assert int8["passed"] and int8["samples"] == 8 and "top1_int8" not in int8
     assert manifest["calibration"]["split"] is None and manifest["calibration"]["calibration"]["samples"] == 8
     assert manifest["inputs"][0]["dtype"] == "float32"
+    # tiled after quantization: the int8 graph runs inside the loop, scored on 8 samples (three tiles)
+    assert manifest["batch_tile"] == 3 and manifest["model"]["ops"]["Loop"] == 1
+    assert manifest["model"]["ops"]["QuantizeLinear"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,6 +397,8 @@ def test_refuses_to_replace_a_folder_that_is_no_build(
             ["--calib-samples", "0", "--precision", "int8", "--calib", "digits"],
             "--calib-samples must be positive",
         ),
+        (["--batch-tile", "2", "--target", "tensorrt"], "--batch-tile 2 does not go with --target tensorrt"),
+        (["--batch-tile", "2", "--plain"], "--batch-tile 2 does not go with --plain"),
     ],
 )
 def test_argument_mistakes_fail_before_any_work(
@@ -371,6 +406,15 @@ def test_argument_mistakes_fail_before_any_work(
 ) -> None:
     code, _, err = build(capsys, TINY_SPEC, *argv, "-o", str(tmp_path / "out"))
     assert code == 2 and message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_tile_takes_auto_off_or_a_count(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            build(capsys, TINY_SPEC, "--batch-tile", bad, "-o", str(tmp_path / "out"))
+        assert exit_.value.code == 2
+        assert "expected auto, off or a positive number of samples" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -501,4 +545,5 @@ def test_densenet169_end_to_end(tmp_path: Path) -> None:
     assert manifest["params"] == 14_149_480 and manifest["macs"] == 3_359_843_328
     assert manifest["parity"]["fp32"]["passed"] and manifest["seed"] == 0
     assert manifest["outputs"][0]["shape"] == ["batch", 1000]
+    assert manifest["batch_tile"] == 1 and manifest["model"]["ops"]["Loop"] == 1
     print(f"densenet169 build: {seconds:.1f} s")

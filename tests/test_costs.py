@@ -359,3 +359,20 @@ def test_draw_heatmap_writes_reproducible_figures(tmp_path: Path) -> None:
         draw_heatmap(matrices, ["block 1", "block 2"], tmp_path / "d.gif")
     with pytest.raises(ValueError):
         draw_heatmap(matrices, ["only one title"], tmp_path / "e.png")
+
+
+@pytest.mark.parametrize(
+    ("spec", "fp32", "int8"),
+    [("densenet121.yaml", 1, 5), ("cifar/densenet-bc-l100-k12.yaml", 4, 18), ("digits.yaml", 227, 910)],
+)
+def test_batch_tile_fits_the_largest_concatenation_in_the_budget(spec: str, fp32: int, int8: int) -> None:
+    from densegraph.cost import TILE_BYTES, batch_tile
+
+    graph = build_graph(load_spec(SPECS / spec))
+    largest = max(data["concat_elements"] for _, data in graph.nodes(data=True))
+    assert (batch_tile(graph), batch_tile(graph, element_bytes=1)) == (fp32, int8)
+    for element_bytes, tile in ((4, fp32), (1, int8)):
+        # the most samples whose largest concatenation fits (one at least)
+        assert tile == 1 or tile * largest * element_bytes <= TILE_BYTES
+        assert (tile + 1) * largest * element_bytes > TILE_BYTES
+    assert batch_tile(graph, budget=1) == 1

@@ -8,9 +8,12 @@ Contenders (all fp32 unless said; the same weights: seeded init with non-trivial
 
 - ``eager plain``: ``to_torch(spec)`` in eval mode; ``eager frozen``: ``freeze(module)``;
 - ``ort plain``: onnxruntime on a plain ``torch.onnx.export`` of the unrewritten module (opset 19);
-- ``ort densegraph``: onnxruntime on densegraph's ONNX (``onnx_from_module(freeze(m, for_export=True))``);
+- ``ort densegraph``: onnxruntime on densegraph's ONNX as ``densegraph build`` makes it
+  (``onnx_from_module(freeze(m, for_export=True))``, then ``tile_batch`` with the tile ``build`` picks);
+  ``ort untiled``: the same model without the batch tiling (what ``--batch-tile off`` builds);
 - ``ort int8 cpu`` / ``ort int8 qdq``: :func:`densegraph.export.quantize.quantize_onnx` of densegraph's ONNX,
-  ``form="cpu"`` (what ``--precision int8`` builds for onnxruntime) and ``form="qdq"`` (the TensorRT form),
+  ``form="cpu"`` (what ``--precision int8`` builds for onnxruntime, tiled as ``build`` tiles it) and
+  ``form="qdq"`` (the TensorRT form, untiled),
   calibrated on ``--calib-samples`` standard-normal images (speed only: the weights are random anyway).
 
 Within a batch size, rounds alternate the contenders: the PyTorch pair and the onnxruntime group each run
@@ -57,6 +60,7 @@ BASELINES = {
     "eager frozen": "eager plain",
     "ort plain": "ort plain",
     "ort densegraph": "ort plain",
+    "ort untiled": "ort plain",
     "ort int8 cpu": "ort densegraph",
     "ort int8 qdq": "ort densegraph",
 }
@@ -224,6 +228,8 @@ def _ort_profile(path: Path, x: np.ndarray, threads: int, runs: int = 3) -> list
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
         op = event["args"]["op_name"]
+        if op == "Loop":  # a batch-tiled model: the loop's time is its body's kernels, counted below
+            continue
         shapes = event["args"].get("input_type_shape", [])
         weight = 3 if op == "QLinearConv" else 1
         if op in ("Conv", "QLinearConv") and len(shapes) > weight:
@@ -260,7 +266,7 @@ def _digits(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             f"val top-1 {summary['best_top1']:.2f}%"
         )
     module: Any = to_torch(spec)
-    state = torch.load(weights, map_location="cpu", weights_only=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     module.load_state_dict(state.get("state_dict", state))
     module.eval()
     shape = tuple(module.input_shape)
@@ -301,6 +307,9 @@ def _arguments() -> argparse.Namespace:
         help="tuned: glibc keeps freed memory (see tune_malloc); default: glibc as it comes",
     )
     parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument(
+        "--batch-tile", default="auto", help="auto|off|N: densegraph's batch tile, as `densegraph build`"
+    )
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 contenders")
     parser.add_argument("--digits", action="store_true", help="also score int8 top-1 on digits")
     parser.add_argument("--digits-weights", type=Path, default=None, help="a digits checkpoint (else train)")
@@ -311,10 +320,27 @@ def _arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _tile_of(graph: Any, args: argparse.Namespace, precision: str) -> int | None:
+    """The batch tile ``densegraph build --precision PRECISION --batch-tile ...`` picks (default --batch)."""
+    from densegraph.build import choose_batch_tile
+
+    return choose_batch_tile(graph, args.batch_tile, precision=precision)
+
+
+def _tiled(source: Path, target: Path, tile: int | None) -> None:
+    import onnx
+
+    from densegraph.export.onnx import check_onnx, save_onnx
+    from densegraph.export.passes import tile_batch
+
+    model = onnx.load(os.fspath(source))
+    save_onnx(check_onnx(tile_batch(model, tile).model) if tile else model, target)
+
+
 def _prepare_onnx(
-    plain: Any, shape: tuple[int, ...], folder: Path, args: argparse.Namespace
+    plain: Any, graph: Any, shape: tuple[int, ...], folder: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Write the ONNX contenders; returns their paths, preparation times and the quantizer's reports."""
+    """Write the ONNX contenders; returns their paths, preparation times, tiles and the quantizer's reports."""
     from densegraph.export.onnx import onnx_from_module, save_onnx
     from densegraph.export.quantize import quantize_onnx
     from densegraph.lower.torch import freeze
@@ -325,20 +351,35 @@ def _prepare_onnx(
     seconds["export_plain"] = time.perf_counter() - start
     start = time.perf_counter()
     exported = onnx_from_module(freeze(plain, for_export=True), shape, folder / "export.onnx", check=False)
-    save_onnx(exported, folder / "densegraph.onnx")
+    save_onnx(exported, folder / "untiled.onnx")
+    tiles = {"fp32": _tile_of(graph, args, "fp32"), "int8": _tile_of(graph, args, "int8")}
+    _tiled(folder / "untiled.onnx", folder / "densegraph.onnx", tiles["fp32"])
     seconds["export_densegraph"] = time.perf_counter() - start
-    paths = {"ort plain": folder / "plain.onnx", "ort densegraph": folder / "densegraph.onnx"}
+    paths = {
+        "ort plain": folder / "plain.onnx",
+        "ort densegraph": folder / "densegraph.onnx",
+        "ort untiled": folder / "untiled.onnx",
+    }
+    if not tiles["fp32"]:
+        del paths["ort untiled"]
     reports: dict[str, Any] = {}
     if not args.no_int8:
         calib = np.random.default_rng(0).standard_normal((args.calib_samples, *shape), dtype=np.float32)
         for form in ("cpu", "qdq"):
             start = time.perf_counter()
             path = folder / f"int8.{form}.onnx"
-            info = quantize_onnx(folder / "densegraph.onnx", path, calib, form=form)
+            info = quantize_onnx(folder / "untiled.onnx", path, calib, form=form)
+            if form == "cpu":
+                _tiled(path, path, tiles["int8"])
             seconds[f"quantize_{form}"] = time.perf_counter() - start
             reports[form] = {k: info[k] for k in ("rewrites", "quantized_nodes", "reduce_range")}
             paths[f"ort int8 {form}"] = path
-    return {"paths": paths, "seconds": {k: round(v, 1) for k, v in seconds.items()}, "int8": reports}
+    return {
+        "paths": paths,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "tiles": tiles,
+        "int8": reports,
+    }
 
 
 def _measure(
@@ -422,8 +463,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="densegraph-bench-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        prepared = _prepare_onnx(plain, shape, folder, args)
-        console.print("prepared (s): " + ", ".join(f"{k} {v}" for k, v in prepared["seconds"].items()))
+        prepared = _prepare_onnx(plain, graph, shape, folder, args)
+        console.print(
+            "prepared (s): "
+            + ", ".join(f"{k} {v}" for k, v in prepared["seconds"].items())
+            + f"; batch tiles: fp32 {prepared['tiles']['fp32']}, int8 cpu {prepared['tiles']['int8']}"
+        )
         sessions = {name: _session(path, args.threads, args.spin) for name, path in prepared["paths"].items()}
         results = {str(b): _measure(b, plain, frozen, sessions, shape, args) for b in batches}
 
@@ -497,6 +542,7 @@ def main() -> None:
             "machine": host,
             "versions": versions(),
             "prepare_s": prepared["seconds"],
+            "batch_tiles": prepared["tiles"],
             "int8": prepared["int8"],
             "batches": results,
             "ratios": ratios,

@@ -230,8 +230,21 @@ def io_signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How many nodes of each op type the graph has, sorted by name."""
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+    """How many nodes of each op type the graph has (subgraphs included: a batch-tiled model's loop body),
+    sorted by name."""
+    import onnx
+
+    counts: Counter[str] = Counter()
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+    return dict(sorted(counts.items()))
 
 
 # ---------------------------------------------------------------------------------------------------------

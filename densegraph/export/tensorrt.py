@@ -90,6 +90,7 @@ class OnnxInfo:
     has_fp16: bool
     has_qdq: bool
     asymmetric_qdq: tuple[str, ...] = ()  # Q/DQ nodes with a uint8 or non-zero zero point
+    batch_tile: int | None = None  # a CPU build's loop over batch tiles (passes.tile_batch), TensorRT-less
 
     @property
     def typed(self) -> bool:
@@ -135,6 +136,11 @@ def inspect_onnx(onnx_path: str | os.PathLike[str]) -> OnnxInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types
         raise DensegraphError(f"not a readable ONNX model: {exc}", path=str(path)) from None
+    from .passes import batch_tile_of, untile_batch
+
+    tile = batch_tile_of(model)
+    if tile is not None:  # describe the graph TensorRT will get
+        model = untile_batch(model).model
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
@@ -179,6 +185,7 @@ def inspect_onnx(onnx_path: str | os.PathLike[str]) -> OnnxInfo:
         has_fp16=has_fp16,
         has_qdq=bool(qdq),
         asymmetric_qdq=tuple(asymmetric),
+        batch_tile=tile,
     )
 
 
@@ -504,6 +511,13 @@ def engine_from_onnx(
     say = progress or (lambda _msg: None)
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     info = inspect_onnx(onnx_path)
+    if info.batch_tile is not None:
+        raise BuildError(
+            f"the model is batch-tiled for onnxruntime on the CPU (tiles of {info.batch_tile}); "
+            "TensorRT takes the whole batch",
+            path=str(onnx_path),
+            hint="use build_engine() or `densegraph engine`, which untile it, or build with --batch-tile off",
+        )
     options = options.with_onnx(info)
     trt = _import_tensorrt()
     gpu = _gpu_info()
@@ -805,8 +819,12 @@ def build_engine(
     onnx_path, out = Path(onnx_path), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = inspect_onnx(onnx_path)
-    options = options.with_onnx(info)
     engine_path = out / (engine_name or onnx_path.with_suffix(".engine").name)
+    if info.batch_tile is not None:
+        onnx_path = _untiled_copy(onnx_path, out)
+        say(f"{onnx_path.name}: the whole-batch graph of the batch-tiled model, for TensorRT")
+        info = inspect_onnx(onnx_path)
+    options = options.with_onnx(info)
     script: Path | None = None
     if write_script:
         if onnx_path.resolve().parent != out.resolve():  # the folder must be self-contained for the device
@@ -837,6 +855,18 @@ def build_engine(
                 hint=f"details in {sidecar_path(engine_path).name}",
             )
     return {**sidecar, "engine_path": str(engine_path), "script": str(script) if script else None}
+
+
+def _untiled_copy(onnx_path: Path, out: Path) -> Path:
+    """Write ``out/<stem>.whole-batch.onnx``: ``onnx_path`` without its batch-tiling loop."""
+    import onnx
+
+    from .passes import untile_batch
+
+    model = untile_batch(onnx.load(str(onnx_path))).model
+    target = out / f"{onnx_path.stem}.whole-batch.onnx"
+    _atomic_write(target, model.SerializeToString(deterministic=True))
+    return target
 
 
 def run_engine_command(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cost import TILE_BYTES
 from ..graph import build_graph, check_graph, node_inputs
 from ..spec import Spec, load_spec
 from .fused import (
@@ -634,10 +635,8 @@ _OP_REWRITES: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] 
 
 _PACKED_SHAPES = 4  # input shapes a frozen conv keeps prepacked weights for
 # A stage whose block buffer would exceed this runs in batch tiles, so that the buffer and the per-layer
-# temporaries it feeds stay in the last-level cache instead of streaming through DRAM once per layer (and stay
-# under glibc's mmap threshold: no page faults per temporary). On a 2-core EPYC with 32 MB L3, densenet121 at
-# batch 8 ran 10% faster with 4 MiB than untiled; 8 MiB and 2 MiB gained less (tools/bench_torch_infer.py).
-_TILE_BYTES = 4 << 20
+# temporaries it feeds stay in the last-level cache (see densegraph.cost.TILE_BYTES).
+_TILE_BYTES = TILE_BYTES
 
 
 class _FrozenOp(nn.Module):

@@ -15,10 +15,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from densegraph.export.onnx import onnx_from_module
 from densegraph.export.passes import (
+    TILE_KEY,
     PassResult,
     avgpool_to_conv,
+    batch_tile_of,
     batchnorm_to_conv,
     inline_constant_identities,
+    tile_batch,
+    untile_batch,
 )
 from densegraph.lower.torch import freeze, to_torch
 
@@ -250,3 +254,94 @@ def test_onnxruntime_keeps_the_pool_conv_swap(tmp_path: Path) -> None:
         assert [n.op_type for n in consumers] == ["Conv"], "the transition conv no longer follows the pool"
         # and the conv's input really is the pooled (smaller) tensor, not a reordering of the full-size one
         assert producer[consumers[0].input[0]] is pool
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batch tiling
+
+
+def _exported_tiny(tmp_path: Path) -> onnx.ModelProto:
+    module: Any = to_torch(TINY_SPEC, seed=0).eval()
+    return onnx_from_module(freeze(module, for_export=True), module.input_shape, tmp_path / "m.onnx")
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("tile", [1, 2, 3])
+def test_tile_batch_computes_the_same_for_every_batch_size(tmp_path: Path, tile: int) -> None:
+    untiled = _exported_tiny(tmp_path)
+    result = tile_batch(untiled, tile)
+    assert result.rewrites == 1 and batch_tile_of(result.model) == tile
+    onnx.checker.check_model(result.model, full_check=True)
+    loops = [n for n in result.model.graph.node if n.op_type == "Loop"]
+    assert len(loops) == 1 and not result.model.graph.initializer[5:], "the weights belong to the loop body"
+    plain, tiled = _session(untiled), _session(result.model)
+    for batch in (1, 2, 3, 5, 7):  # whole tiles, a short last tile, a batch smaller than a tile
+        x = RNG.standard_normal((batch, 3, 64, 64), dtype=np.float32)
+        want = plain.run(None, {"images": x})[0]
+        got = tiled.run(None, {"images": x})[0]
+        assert got.shape == want.shape == (batch, 10)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_untile_batch_gives_back_the_graph_and_tiling_twice_changes_nothing(tmp_path: Path) -> None:
+    untiled = _exported_tiny(tmp_path)
+    tiled = tile_batch(untiled, 2).model
+    assert tile_batch(tiled, 5).rewrites == 0 and tile_batch(untiled, 0).rewrites == 0
+    back = untile_batch(tiled)
+    assert back.rewrites == 1 and batch_tile_of(back.model) is None
+    assert TILE_KEY not in {p.key for p in back.model.metadata_props}
+    assert [n.SerializeToString() for n in back.model.graph.node] == [
+        n.SerializeToString() for n in untiled.graph.node
+    ]
+    assert {t.name: t.SerializeToString() for t in back.model.graph.initializer} == {
+        t.name: t.SerializeToString() for t in untiled.graph.initializer
+    }
+    assert list(back.model.graph.input) == list(untiled.graph.input)
+    assert list(back.model.graph.output) == list(untiled.graph.output)
+    assert untile_batch(untiled).rewrites == 0
+
+
+def test_tile_batch_refuses_a_fixed_batch() -> None:
+    m = model([helper.make_node("Relu", ["x"], ["y"])], {}, 2, ["y"])
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    with pytest.raises(ValueError, match="fixed"):
+        tile_batch(m, 2)
+
+
+def test_onnxruntime_optimizes_inside_the_loop(tmp_path: Path) -> None:
+    """The point of moving the weights into the body: onnxruntime's layout optimizer (NCHWc, with its
+    reordered weights) applies to the tiled graph as it does to the untiled one."""
+    tiled = tile_batch(_exported_tiny(tmp_path), 2).model
+    onnx.save(tiled, tmp_path / "tiled.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(tmp_path / "tiled.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(tmp_path / "optimized.onnx")
+    (loop,) = [n for n in optimized.graph.node if n.op_type == "Loop"]
+    body = helper.get_attribute_value(loop.attribute[0])
+    domains = {n.domain for n in body.node}
+    if "com.microsoft.nchwc" not in domains:  # the NCHWc layout needs AVX2 or AVX-512
+        pytest.skip("onnxruntime uses no NCHWc layout on this CPU")
+    assert sum(n.op_type == "Conv" and n.domain == "com.microsoft.nchwc" for n in body.node) >= 5
+
+
+def test_tiled_int8_model_is_exact(tmp_path: Path) -> None:
+    from densegraph.export.quantize import quantize_onnx
+
+    untiled = _exported_tiny(tmp_path)
+    onnx.save(untiled, tmp_path / "fp32.onnx")
+    calib = RNG.standard_normal((8, 3, 64, 64), dtype=np.float32)
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calib, form="cpu")
+    int8 = onnx.load(tmp_path / "int8.onnx")
+    tiled = tile_batch(int8, 2).model
+    onnx.checker.check_model(tiled, full_check=True)
+    x = RNG.standard_normal((5, 3, 64, 64), dtype=np.float32)
+    want = _session(int8).run(None, {"images": x})[0]
+    np.testing.assert_allclose(_session(tiled).run(None, {"images": x})[0], want, rtol=1e-6, atol=1e-6)

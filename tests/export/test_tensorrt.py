@@ -654,6 +654,28 @@ def test_build_engine_end_to_end(tmp_path: Path, trt: Any) -> None:
     assert first < next(i for i, m in enumerate(messages) if m.startswith("parsing"))
 
 
+def test_a_batch_tiled_model_reaches_tensorrt_whole(tmp_path: Path, trt: Any) -> None:
+    import onnx
+
+    from densegraph.export.passes import tile_batch
+
+    src = make_tiny_onnx(tmp_path / "src" / "model.onnx")
+    tiled = tmp_path / "tiled.onnx"
+    onnx.save(tile_batch(onnx.load(src), 2).model, tiled)
+    info = inspect_onnx(tiled)
+    assert info.batch_tile == 2 and info.input_shape == ("batch", 3, 8, 8) and info.precision == "fp32"
+    with pytest.raises(BuildError, match="batch-tiled"):
+        engine_from_onnx(tiled, tmp_path / "x.engine", EngineOptions())
+    out = tmp_path / "out"
+    messages: list[str] = []
+    result = build_engine(tiled, out, EngineOptions(), progress=messages.append)
+    whole = out / "tiled.whole-batch.onnx"
+    assert trt.fake.named("OnnxParser.parse_from_file") == [("OnnxParser.parse_from_file", str(whole))]
+    assert onnx.load(whole).graph.SerializeToString() == onnx.load(src).graph.SerializeToString()
+    assert result["verification"]["passed"] and any("whole-batch graph" in m for m in messages)
+    assert "tiled.whole-batch.onnx" in (out / "build_engine.sh").read_text()
+
+
 def test_build_engine_fails_when_verification_fails(tmp_path: Path, trt: Any) -> None:
     trt.fake.perturb = 1.0
     with pytest.raises(BuildError, match="disagrees with onnxruntime"):
