@@ -18,7 +18,8 @@ Contenders (all fp32 unless said; the same weights: seeded init with non-trivial
 
 Within a batch size, rounds alternate the contenders: the PyTorch pair and the onnxruntime group each run
 back to back, in order then reversed, the PyTorch pair on ``--eager-iters`` of the ``--iters`` rounds (so load
-from other processes hits a contender and its baseline alike). Times are medians over the rounds of wall-clock
+from other processes hits a contender and its baseline alike); in a round each contender runs ``--repeat``
+times in a row and only the last call is timed (its steady state). Times are medians over the rounds of wall-clock
 (``perf_counter``) and process CPU time; a speedup is the median over rounds of baseline time / contender
 time measured in the same round. onnxruntime gets ``--threads`` intra-op threads and 1 inter-op thread,
 PyTorch ``torch.set_num_threads(--threads)``; onnxruntime's spin-waiting is off unless ``--spin`` (on a shared
@@ -175,14 +176,15 @@ def _session(path: Path, threads: int, spin: bool, profile: bool = False) -> Any
 
 
 def _time(
-    groups: list[tuple[dict[str, Callable[[], Any]], int]], warmup: int
+    groups: list[tuple[dict[str, Callable[[], Any]], int]], warmup: int, repeat: int = 2
 ) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds of every contender, per round; ``groups`` are (contenders, rounds) pairs.
 
-    The rounds of all groups are spread evenly over one sequence (the eager models, ten times slower, get
-    fewer rounds than the onnxruntime ones). In a round a group's contenders run back to back, in order on
-    even rounds and reversed on odd ones: a contender and its baseline are measured next to each other, and
-    neither always goes first.
+    The rounds of all groups are spread evenly over one sequence (the eager models, slower, get fewer rounds
+    than the onnxruntime ones). In a round a group's contenders run back to back, in order on even rounds and
+    reversed on odd ones: a contender and its baseline are measured next to each other, and neither always
+    goes first. Each contender runs ``repeat`` times in a row and the last call is timed: its steady state,
+    as a process serving that one model sees it, not the caches and allocator state another contender left.
     """
     samples: dict[str, dict[str, list[float]]] = {
         name: {"wall": [], "cpu": []} for group, _ in groups for name in group
@@ -198,6 +200,8 @@ def _time(
                 continue
             names = list(group) if len(samples[next(iter(group))]["wall"]) % 2 == 0 else list(reversed(group))
             for name in names:
+                for _ in range(repeat - 1):
+                    group[name]()
                 wall, cpu = time.perf_counter(), time.process_time()
                 group[name]()
                 samples[name]["wall"].append(time.perf_counter() - wall)
@@ -298,6 +302,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=20, help="timed onnxruntime rounds per batch size")
     parser.add_argument("--eager-iters", type=int, default=8, help="timed PyTorch rounds per batch size")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="calls per contender per round, the last one timed (1: cold)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spin", action="store_true", help="let onnxruntime's threads spin-wait")
     parser.add_argument(
@@ -407,7 +414,7 @@ def _measure(
             name: float(np.max(np.abs(np.asarray(fn(), dtype=np.float64) - reference)))
             for name, fn in {**eager, **ort}.items()
         }
-        samples = _time([(eager, args.eager_iters), (ort, args.iters)], args.warmup)
+        samples = _time([(eager, args.eager_iters), (ort, args.iters)], args.warmup, args.repeat)
     rows: dict[str, Any] = {}
     for name, clocks in samples.items():
         base = BASELINES[name]
@@ -538,7 +545,7 @@ def main() -> None:
             "threads": args.threads,
             "spin": args.spin,
             "malloc_tuned": malloc_tuned,
-            "iters": {"onnxruntime": args.iters, "pytorch": args.eager_iters},
+            "iters": {"onnxruntime": args.iters, "pytorch": args.eager_iters, "repeat": args.repeat},
             "machine": host,
             "versions": versions(),
             "prepare_s": prepared["seconds"],

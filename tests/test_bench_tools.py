@@ -1,0 +1,55 @@
+"""The benchmark scripts under tools/ run end to end on a tiny model and report what they promise: every
+contender, its error against the fp32 reference, the target ratios and the batch tiles. (Their timings are not
+asserted: speed is judged by running them, not by a unit test.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_infer_reports_every_contender(tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        str(REPO / "tools" / "bench_infer.py"),
+        "--spec", str(REPO / "tests" / "data" / "torchvision-tiny.yaml"),
+        "--batches", "1,3",
+        "--iters", "2",
+        "--eager-iters", "1",
+        "--calib-samples", "2",
+        "--batch-tile", "2",
+        "--threads", "1",
+        "--keep", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["batch_tiles"] == {"fp32": 2, "int8": 2}
+    rows = record["batches"]["3"]
+    assert set(rows) == {
+        "eager plain",
+        "eager frozen",
+        "ort plain",
+        "ort densegraph",
+        "ort untiled",
+        "ort int8 cpu",
+        "ort int8 qdq",
+    }
+    for name in ("eager frozen", "ort plain", "ort densegraph", "ort untiled"):
+        assert rows[name]["max_abs_error"] < 1e-4, name
+    assert rows["ort densegraph"]["speedup"]["vs"] == "ort plain"
+    assert set(record["ratios"]) == {
+        "frozen_vs_plain_eager",
+        "densegraph_onnx_vs_plain_onnx",
+        "int8_cpu_vs_fp32_onnx",
+    }
+    import onnx
+
+    from densegraph.export.passes import batch_tile_of
+
+    assert batch_tile_of(onnx.load(tmp_path / "densegraph.onnx")) == 2
+    assert batch_tile_of(onnx.load(tmp_path / "untiled.onnx")) is None
