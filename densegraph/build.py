@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._io import umask
 from .cost import batch_tile, totals
 from .data import load_data
 from .errors import BuildError, Loc
@@ -212,7 +213,7 @@ class BuildOutput:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-            os.chmod(self.path, 0o777 & ~_umask())
+            os.chmod(self.path, 0o777 & ~umask())
         except OSError as exc:
             reason = (
                 "is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
@@ -259,12 +260,6 @@ class BuildOutput:
             raise BuildError(
                 f"I/O error during the build: {exc.strerror or exc}{where}", loc=Loc(str(self.out))
             ) from exc
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------------------

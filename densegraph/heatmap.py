@@ -107,8 +107,9 @@ def heatmap_json(maps: list[BlockHeatmap], **meta: Any) -> dict[str, Any]:
 
 def run_heatmap(args: argparse.Namespace) -> int:
     """``densegraph heatmap SPEC --weights W -o FIG.png [--json]``."""
+    from ._io import write_atomic
     from .lower.torch import graph_of, to_torch
-    from .lower.weights import load_weights, write_atomic
+    from .lower.weights import load_weights
     from .viz import draw_heatmap
 
     figure = Path(args.output)

@@ -7,12 +7,12 @@ layout; a folder whose manifest has it is one ``densegraph build`` may replace.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ._io import file_sha256, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_NAME",
@@ -25,15 +25,6 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "densegraph.build/1"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tool_versions(*extra: str) -> dict[str, str]:
@@ -54,17 +45,7 @@ def tool_versions(*extra: str) -> dict[str, str]:
 def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
     """Write ``folder/manifest.json`` (a temporary file renamed into place)."""
     path = Path(folder) / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"), mode=0o644)
     return path
 
 

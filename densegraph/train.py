@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._io import file_sha256, write_atomic
 from .data import Dataset, data_loader, load_data
 from .errors import CheckpointError, DataError, DensegraphError, Loc
 from .lower.torch import graph_of, to_torch
-from .lower.weights import load_file, save_atomic, write_atomic
+from .lower.weights import load_file, save_atomic
 
 __all__ = ["train", "run_train", "graph_sha256", "DEFAULT_EPOCHS", "CHECKPOINT_FORMAT", "METRICS_COLUMNS"]
 
@@ -80,9 +81,7 @@ def graph_sha256(graph: nx.DiGraph) -> str:
 
 
 def _file_sha256(path: str | None) -> str | None:
-    if not path or not os.path.isfile(path):
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path) if path and os.path.isfile(path) else None
 
 
 def state_dict_sha256(module: nn.Module) -> str:

@@ -17,16 +17,17 @@ the previous file alone. matplotlib (and numpy) are imported only when a figure 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import networkx as nx
 
+from ._io import write_atomic
 from .cost import totals
 from .errors import DensegraphError, Loc
 from .graph import node_inputs
@@ -101,41 +102,19 @@ def _write_atomic(target: Path, write: Callable[[IO[bytes]], Any]) -> None:
             hint="create the folder first or choose another output path",
         )
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+        write_atomic(target, write)
     except OSError as exc:
-        raise DensegraphError(
-            f"cannot write in the folder {str(folder)!r}: {exc.strerror or exc}",
-            loc=Loc(str(target)),
-            hint="choose a folder you can write to",
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, target)
-    except OSError as exc:
-        _remove_quietly(tmp)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the temporary file could not be made
+            raise DensegraphError(
+                f"cannot write in the folder {str(folder)!r}: {exc.strerror or exc}",
+                loc=Loc(str(target)),
+                hint="choose a folder you can write to",
+            ) from None
         raise DensegraphError(
             f"cannot write the file: {exc.strerror or exc}",
             loc=Loc(str(target)),
             hint="check that the path is not a folder and that the disk is not full",
         ) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -272,12 +272,12 @@ def test_graph_output_folder_problems(tmp_path: Path, monkeypatch: pytest.Monkey
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "does not exist" in err and "(hint: " in err
 
-    import densegraph.viz as viz
+    import densegraph._io as io
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(viz.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
     assert main(["graph", str(SMALL), "-o", str(tmp_path / "g.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{tmp_path / 'g.json'}: error: cannot write in the folder")

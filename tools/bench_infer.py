@@ -124,24 +124,6 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
 
 
-def _randomize_batchnorm(module: Any) -> None:
-    """Non-trivial BN statistics, so that every fold and the int8 BN-ReLU convs are exercised."""
-    import torch
-
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in module.modules():
-            if (
-                isinstance(m, torch.nn.BatchNorm2d)
-                and m.running_mean is not None
-                and m.running_var is not None
-            ):
-                m.running_mean.uniform_(-0.5, 0.5, generator=generator)
-                m.running_var.uniform_(0.5, 2.0, generator=generator)
-                m.weight.uniform_(0.5, 1.5, generator=generator)
-                m.bias.uniform_(-0.5, 0.5, generator=generator)
-
-
 def _plain_export(module: Any, shape: tuple[int, ...], path: Path) -> None:
     """What a user gets from ``torch.onnx.export`` on the unrewritten module: no densegraph pass at all."""
     import torch
@@ -443,6 +425,7 @@ def main() -> None:
 
     from densegraph.lower.torch import freeze, graph_of, module_from_graph
     from densegraph.spec import load_spec
+    from densegraph.testing import randomize_batchnorm
 
     torch.set_num_threads(args.threads)
     console = Console(highlight=False, width=120)
@@ -459,7 +442,9 @@ def main() -> None:
         f"load {host['load_avg']}; malloc {'tuned' if malloc_tuned else 'glibc default'}"
     )
     plain = module_from_graph(graph, seed=0).eval()
-    _randomize_batchnorm(plain)
+    randomize_batchnorm(
+        plain, seed=1
+    )  # non-trivial BN statistics: every fold and int8 BN-ReLU conv exercised
     notes: list[str] = []
     try:
         frozen = freeze(plain)

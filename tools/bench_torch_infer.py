@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from densegraph.lower.torch import REWRITES, freeze, graph_of, module_from_graph  # noqa: E402
 from densegraph.spec import load_spec  # noqa: E402
+from densegraph.testing import randomize_batchnorm  # noqa: E402
 
 
 def _time(contenders: dict[str, Callable[[], torch.Tensor]], iters: int, repeat: int) -> dict[str, float]:
@@ -64,14 +65,8 @@ def main() -> None:
     if args.size:
         spec = dataclasses.replace(spec, input_size=(args.size, args.size))
     graph = graph_of(spec)
-    plain = module_from_graph(graph, seed=0).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so that every fold is exercised
-        for m in plain.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
+    # non-trivial BN statistics, so that every fold is exercised (the same as tools/bench_infer.py's)
+    plain = randomize_batchnorm(module_from_graph(graph, seed=0).eval(), seed=1)
     start = time.perf_counter()
     frozen = freeze(plain)
     freeze_s = time.perf_counter() - start

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import write_atomic
 from ..errors import DataError
 
 __all__ = ["FORMS", "CALIBRATION_METHODS", "quantize_onnx", "block_buffer_groups"]
@@ -150,13 +151,7 @@ def quantize_onnx(
         )
         quantized = onnx.load(partial)
         onnx.checker.check_model(quantized)
-        # the final file appears whole or not at all
-        staging = out.with_name(f".{out.name}.{os.getpid()}.partial")
-        try:
-            onnx.save(quantized, staging)
-            os.replace(staging, out)
-        finally:
-            staging.unlink(missing_ok=True)
+        write_atomic(out, lambda f: f.write(quantized.SerializeToString()))  # whole or not at all
 
     ops = Counter(node.op_type for node in quantized.graph.node)
     float_ops = {op: n for op, n in ops.items() if op not in ("QuantizeLinear", "DequantizeLinear")}

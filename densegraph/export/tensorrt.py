@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import file_sha256, write_bytes_atomic
 from ..errors import BuildError, DensegraphError
 
 __all__ = [
@@ -114,14 +114,6 @@ class OnnxInfo:
         return n if isinstance(n, int) and n > 0 else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def inspect_onnx(onnx_path: str | os.PathLike[str]) -> OnnxInfo:
     """Read the input/output signature of an ONNX model and whether it is typed (fp16 or Q/DQ)."""
     import onnx
@@ -177,7 +169,7 @@ def inspect_onnx(onnx_path: str | os.PathLike[str]) -> OnnxInfo:
             asymmetric.append(node.name or node.output[0])
     return OnnxInfo(
         path=str(path),
-        sha256=_sha256(path),
+        sha256=file_sha256(path),
         input_name=inputs[0].name,
         input_shape=tuple(dims),
         input_dtype=onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower(),
@@ -408,17 +400,7 @@ def _recording_logger(trt: Any) -> Any:
 def _atomic_write(path: Path, data: bytes | memoryview | Any, *, mode: int = 0o644) -> None:
     """Write ``data`` (anything with the buffer protocol) to ``path`` via a temp file in the same folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data, mode=mode)
 
 
 def _atomic_write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -592,7 +574,7 @@ def engine_from_onnx(
     sidecar: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
         "engine": engine_path.name,
-        "engine_sha256": _sha256(engine_path),
+        "engine_sha256": file_sha256(engine_path),
         "engine_bytes": engine_path.stat().st_size,
         "onnx": onnx_path.name,
         "onnx_sha256": info.sha256,

@@ -18,15 +18,15 @@ import argparse
 import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._io import write_atomic
 from ..errors import CheckpointError, DensegraphError, Loc
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "normalize_state_dict",
     "load_weights",
     "save_atomic",
-    "write_atomic",
     "run_import_weights",
 ]
 
@@ -171,33 +170,6 @@ def load_weights(
             state[key] = torch.zeros_like(value)
     module.load_state_dict(state, strict=True)
     return module
-
-
-def _file_mode() -> int:
-    """The mode a new file gets under the current umask (``mkstemp`` alone would make it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temporary file in the target folder, then rename it over ``path``.
-
-    A failure (or an interrupt) removes the temporary file and leaves an earlier ``path`` untouched.
-    """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from densegraph.export.onnx import onnx_from_module
@@ -25,6 +24,7 @@ from densegraph.export.passes import (
     untile_batch,
 )
 from densegraph.lower.torch import freeze, to_torch
+from densegraph.testing import randomize_batchnorm
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SPEC = REPO / "tests" / "data" / "torchvision-tiny.yaml"
@@ -211,18 +211,7 @@ def test_avgpool_to_conv_leaves_pools_a_conv_would_change(attrs: dict[str, Any])
 
 
 def test_passes_are_exact_on_an_exported_densenet(tmp_path: Path) -> None:
-    module: Any = to_torch(TINY_SPEC, seed=0).eval()
-    with torch.no_grad():
-        for m in module.modules():
-            if (
-                isinstance(m, torch.nn.BatchNorm2d)
-                and m.running_mean is not None
-                and m.running_var is not None
-            ):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(-1.0, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
+    module: Any = randomize_batchnorm(to_torch(TINY_SPEC, seed=0).eval(), seed=3, scale=(-1.0, 1.5))
     exported = onnx_from_module(freeze(module, for_export=True), module.input_shape, tmp_path / "m.onnx")
     current = exported
     for rewrite in (inline_constant_identities, batchnorm_to_conv, avgpool_to_conv):

@@ -19,6 +19,7 @@ from densegraph.errors import DataError
 from densegraph.export.onnx import onnx_from_module, save_onnx
 from densegraph.export.quantize import block_buffer_groups, quantize_onnx
 from densegraph.lower.torch import freeze, to_torch
+from densegraph.testing import randomize_batchnorm
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SPEC = REPO / "tests" / "data" / "torchvision-tiny.yaml"
@@ -32,19 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """densegraph's fp32 ONNX of the tiny torchvision-shaped DenseNet, with non-trivial BN statistics."""
     folder = tmp_path_factory.mktemp("tiny")
-    module: Any = to_torch(TINY_SPEC, seed=0).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in module.modules():
-            if (
-                isinstance(m, torch.nn.BatchNorm2d)
-                and m.running_mean is not None
-                and m.running_var is not None
-            ):
-                m.running_mean.uniform_(-0.5, 0.5, generator=generator)
-                m.running_var.uniform_(0.5, 2.0, generator=generator)
-                m.weight.uniform_(0.5, 1.5, generator=generator)
-                m.bias.uniform_(-0.5, 0.5, generator=generator)
+    module: Any = randomize_batchnorm(to_torch(TINY_SPEC, seed=0).eval(), seed=0)
     model = onnx_from_module(freeze(module, for_export=True), module.input_shape, folder / "export.onnx")
     save_onnx(model, folder / "fp32.onnx")
     return folder / "fp32.onnx"
