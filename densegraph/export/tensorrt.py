@@ -802,6 +802,8 @@ def build_engine(
     out.mkdir(parents=True, exist_ok=True)
     info = inspect_onnx(onnx_path)
     engine_path = out / (engine_name or onnx_path.with_suffix(".engine").name)
+    if not write_script:  # on the device itself: say and write nothing before knowing TensorRT is there
+        _import_tensorrt()
     if info.batch_tile is not None:
         onnx_path = _untiled_copy(onnx_path, out)
         say(f"{onnx_path.name}: the whole-batch graph of the batch-tiled model, for TensorRT")
@@ -815,8 +817,6 @@ def build_engine(
             onnx_path = local
         script = write_build_script(out, onnx_path.name, engine_path.name, options, info=info)
         say(f"wrote {script}")
-    if script is None:  # on the device itself: say nothing before knowing TensorRT is there
-        _import_tensorrt()
     say("equivalent trtexec command: " + trtexec_command(onnx_path, engine_path, options, info=info))
     _import_tensorrt(script)  # fail before any work, naming the script to run on the device
 

@@ -150,13 +150,20 @@ def test_gpu_without_tensorrt_says_the_package_is_missing(
 def test_cli_without_tensorrt_exits_2_with_one_line(
     tmp_path: Path, no_tensorrt: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from densegraph.cli import main
+    import onnx as onnx_lib
 
-    onnx = model(tmp_path)
-    assert main(["engine", str(onnx), "-o", str(tmp_path / "out" / "model.engine")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "pip install 'densegraph[gpu]'" in err
-    assert not (tmp_path / "out" / "model.engine").exists()
+    from densegraph.cli import main
+    from densegraph.export.passes import tile_batch
+
+    plain = model(tmp_path)
+    tiled = tmp_path / "tiled.onnx"
+    onnx_lib.save(tile_batch(onnx_lib.load(plain), 2).model, tiled)
+    for i, source in enumerate((plain, tiled)):  # a tiled model is untiled only once TensorRT is there
+        out = tmp_path / f"out{i}"
+        assert main(["engine", str(source), "-o", str(out / "model.engine")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "pip install 'densegraph[gpu]'" in err
+        assert not out.exists() or list(out.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------------------
