@@ -607,6 +607,10 @@ def train(
                     f"  {row['seconds']:.1f}s" + ("  *" if improved else "")
                 )
         seconds = time.perf_counter() - began
+        if dist.active:
+            # every rank reaches the teardown together: a gloo process group destroyed while its peer is still
+            # writing checkpoints can abort the process ("terminate called without an active exception")
+            torch.distributed.barrier()
         if os.environ.get(RANK_DIGEST_ENV):
             (run / f"rank{dist.rank}.sha256").write_text(state_dict_sha256(model) + "\n")
         last = history[-1] if history else {"val_top1": float("nan")}
