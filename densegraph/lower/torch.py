@@ -410,6 +410,7 @@ class GraphModule(nn.Module):
         finally:
             for store in stores:  # consumers that need a buffer in backward hold it themselves
                 store.buffer = None
+                store.release_scratch()
         return out
 
 

@@ -192,3 +192,26 @@ def test_mode_is_a_switch_over_the_same_modules() -> None:
         plain = module(x)
         module.memory_efficient = True
         assert torch.allclose(module(x), plain, atol=1e-6)
+
+
+def test_dense_layers_read_the_block_buffer_without_concatenating() -> None:
+    from torch.overrides import TorchFunctionMode
+
+    class CountCat(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is torch.cat:
+                CountCat.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    graph = graph_of(REPO / "specs/digits.yaml")
+    plain = module_from_graph(graph, seed=0)
+    efficient = module_from_graph(graph, seed=0, memory_efficient=True)
+    x = torch.randn(4, 1, 8, 8)
+    with CountCat():
+        efficient(x).sum().backward()
+    assert CountCat.calls == 0
+    with CountCat():
+        plain(x)
+    assert CountCat.calls == sum(1 for node in graph if graph.in_degree(node) > 1)
