@@ -3,8 +3,8 @@
 Stages: graph (spec -> connection graph), lower (PyTorch module, weights or seeded init), export (ONNX),
 check (shapes, ONNX checker), tile (for onnxruntime on the CPU: the graph in a loop over batch tiles sized to
 the cache, :func:`densegraph.export.passes.tile_batch`), verify (onnxruntime against the PyTorch eval module),
-fp16 or quantize, picture, and for ``--target tensorrt`` the engine. Everything is written to a temporary folder beside the output folder
-and moved into place at the end: a failed build leaves nothing behind, and a good build already in the folder
+fp16 or quantize (tiled after conversion), picture, and for ``--target tensorrt`` the engine. Everything is
+written to a temporary folder beside the output folder and moved into place at the end: a failed build leaves nothing behind, and a good build already in the folder
 survives a failed rebuild.
 """
 
@@ -346,12 +346,19 @@ def choose_batch_tile(
     return tile if tile < max_batch else None
 
 
-def _tile(model: Any, tile: int, path: Path, stages: _Stages) -> Any:
-    """``model`` in a loop over batch tiles of ``tile`` samples, checked and written to ``path``."""
+def _tiled(model: Any, tile: int | None) -> Any:
+    """``model`` in a loop over batch tiles of ``tile`` samples (``None``: as it is), checked."""
+    if tile is None:
+        return model
     from .export.passes import tile_batch
 
+    return check_onnx(tile_batch(model, tile).model)
+
+
+def _tile(model: Any, tile: int, path: Path, stages: _Stages) -> Any:
+    """:func:`_tiled`, written to ``path``, as a stage of its own."""
     with stages.stage("tile", f"onnxruntime CPU: a loop over batch tiles of {tile} sample(s)"):
-        model = check_onnx(tile_batch(model, tile).model)
+        model = _tiled(model, tile)
         save_onnx(model, path)
     return model
 
@@ -383,10 +390,7 @@ def _fp16(
     """Convert to fp16 (then tile) and verify it where onnxruntime's CPU kernels run it; returns model,
     record, parity."""
     model16, notes = fp16_from_onnx(model)
-    if tile is not None:
-        from .export.passes import tile_batch
-
-        model16 = check_onnx(tile_batch(model16, tile).model)
+    model16 = _tiled(model16, tile)
     data = save_onnx(model16, path)
     record: dict[str, Any] = {
         "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)",
@@ -422,11 +426,7 @@ def _int8(
         done = quantize_onnx(fp32_path, path, calib.x, form=form)
     model = onnx.load(os.fspath(path))
     stamp(model, fp32.graph.name, fp32.doc_string)  # the quantizer names itself the producer
-    if tile is not None:
-        from .export.passes import tile_batch
-
-        model = tile_batch(model, tile).model
-    model = check_onnx(model)
+    model = check_onnx(model) if tile is None else _tiled(model, tile)
     save_onnx(model, path)
     labelled = calib.y.size > 0
     shape = tuple(calib.x.shape[1:])
