@@ -253,11 +253,6 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
     body_nodes.append(
         helper.make_node("Identity", [_TILE + "cond"], [_TILE + "cond_out"], name=_TILE + "cond")
     )
-    constants = [
-        numpy_helper.from_array(np.array([1], np.int64), _TILE + "one"),
-        numpy_helper.from_array(np.array([0], np.int64), _TILE + "zero"),
-        numpy_helper.from_array(np.array([tile], np.int64), _TILE + "tile"),
-    ]
     body = helper.make_graph(
         body_nodes,
         _TILE + "body",
@@ -270,7 +265,7 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
             helper.make_tensor_value_info(_TILE + "cond_out", onnx.TensorProto.BOOL, []),
             *(helper.make_value_info(_TILE + "out/" + name, seq) for name, _, seq in sequences),
         ],
-        initializer=[*constants, *graph.initializer],
+        initializer=list(graph.initializer),  # the loop's own integers come from the outer scope
     )
     # trips = ceil(batch / tile), as a scalar
     outer = [

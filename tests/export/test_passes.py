@@ -269,6 +269,12 @@ def test_tile_batch_computes_the_same_for_every_batch_size(tmp_path: Path, tile:
     onnx.checker.check_model(result.model, full_check=True)
     loops = [n for n in result.model.graph.node if n.op_type == "Loop"]
     assert len(loops) == 1 and not result.model.graph.initializer[5:], "the weights belong to the loop body"
+    body = helper.get_attribute_value(loops[0].attribute[0])
+    outer = {t.name for t in result.model.graph.initializer} | {
+        o for n in result.model.graph.node for o in n.output
+    }
+    inner = {t.name for t in body.initializer} | {o for n in body.node for o in n.output}
+    assert not outer & inner, "a name of the loop body shadows one of the outer graph"
     plain, tiled = _session(untiled), _session(result.model)
     for batch in (1, 2, 3, 5, 7):  # whole tiles, a short last tile, a batch smaller than a tile
         x = RNG.standard_normal((batch, 3, 64, 64), dtype=np.float32)
