@@ -189,11 +189,18 @@ def bn_momentum(bn: torch.nn.BatchNorm2d) -> float:
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
-def _affine_relu(
-    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None
+def _bn_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """``relu(batch_norm(x))`` from given statistics, as one affine pass and an in-place ReLU (into ``out``)."""
     shape = (1, -1, 1, 1)
-    return torch.addcmul(shift.view(shape), x, scale.view(shape), out=out).relu_()
+    scale = weight * invstd
+    return torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape), out=out).relu_()
 
 
 class PreActConv(torch.autograd.Function):
@@ -241,7 +248,7 @@ class PreActConv(torch.autograd.Function):
         if not training:
             assert running_mean is not None and running_var is not None
             mean, invstd = running_mean.clone(), (running_var + eps).rsqrt()
-            y = _affine_relu(source, bn_weight * invstd, bn_bias - mean * bn_weight * invstd)
+            y = _bn_relu(source, bn_weight, bn_bias, mean, invstd)
         elif read is None:
             y, mean, invstd = _aten.native_batch_norm(
                 source, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps
@@ -254,7 +261,7 @@ class PreActConv(torch.autograd.Function):
                 running_var.mul_(1 - momentum).add_(var * (count / (count - 1)), alpha=momentum)
             invstd = (var + eps).rsqrt()
             out = read.store.scratch("y", source.shape, saved)
-            y = _affine_relu(source, bn_weight * invstd, bn_bias - mean * bn_weight * invstd, out)
+            y = _bn_relu(source, bn_weight, bn_bias, mean, invstd, out)
         if pool is not None:
             y = F.avg_pool2d(y, pool[0], pool[1])
         out = F.conv2d(y, conv_weight, conv_bias, stride, padding)
@@ -275,8 +282,7 @@ class PreActConv(torch.autograd.Function):
             x = read.store.scratch("x", view.shape, saved).copy_(view)
             y_out = read.store.scratch("y", view.shape, saved)
         pool, needs = ctx.pool, ctx.needs_input_grad
-        scale = bn_weight * invstd
-        y = _affine_relu(x, scale, bn_bias - mean * scale, y_out)
+        y = _bn_relu(x, bn_weight, bn_bias, mean, invstd, y_out)
         conv_input = F.avg_pool2d(y, pool[0], pool[1]) if pool is not None else y
         grad_input, grad_conv_weight, grad_conv_bias = _aten.convolution_backward(
             grad_out,
@@ -307,7 +313,7 @@ class PreActConv(torch.autograd.Function):
             )
         else:  # BN in eval is the per-channel affine map scale * x + shift
             dims, shape = (0, 2, 3), (1, -1, 1, 1)
-            grad_x = grad_y * scale.view(shape) if need_x else None
+            grad_x = grad_y * (bn_weight * invstd).view(shape) if need_x else None
             grad_bn_weight = (grad_y * (x - mean.view(shape))).sum(dims) * invstd if needs[2] else None
             grad_bn_bias = grad_y.sum(dims) if needs[3] else None
         if read is not None:
