@@ -315,8 +315,14 @@ def test_frozen_equals_the_module_on_every_shipped_spec(spec_path: str) -> None:
         expected = module(x)
         scale = max(1.0, float(expected.abs().max()))
         for for_export in (False, True):
-            got = freeze(module, for_export=for_export)(x)
-            assert _max_error(got, expected) <= 1e-4 * scale, (for_export, _max_error(got, expected))
+            frozen = freeze(module, for_export=for_export)
+            for call in range(2):  # recorded, then replayed
+                got = frozen(x)
+                assert _max_error(got, expected) <= 1e-4 * scale, (
+                    for_export,
+                    call,
+                    _max_error(got, expected),
+                )
 
 
 def test_freeze_leaves_the_module_untouched() -> None:
@@ -333,9 +339,119 @@ def test_frozen_module_takes_other_batch_and_input_sizes(torchvision_tiny) -> No
     module = torchvision_tiny[0]
     frozen = freeze(module)
     with torch.inference_mode():
-        for shape in ((1, 3, 64, 64), (3, 3, 64, 64), (2, 3, 96, 80), (1, 3, 64, 64)):
+        for shape in ((1, 3, 64, 64), (3, 3, 64, 64), (2, 3, 96, 80), (1, 3, 64, 64), (3, 3, 64, 64)):
             x = torch.randn(shape)
             assert _max_error(frozen(x), module(x)) <= 1e-5, shape
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the recorded program that replays a frozen forward pass
+
+
+@pytest.mark.parametrize(
+    "spec_path", ["tests/data/torchvision-tiny.yaml", "specs/examples/densenet121-window4.yaml"]
+)
+def test_replayed_program_matches_and_returns_fresh_outputs(
+    spec_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiles of unequal sizes, gathers (windowed connectivity), buffers reused across tiles and calls: every
+    call equals the module, and an output stays valid after later calls."""
+    graph = small_graph(spec_path, side=32)
+    module = trained_like(module_from_graph(graph, seed=0))
+    frozen = freeze(module)
+    c, h, w = graph.graph["input_shape"]
+    per_sample = max(g.channels * g.size[0] * g.size[1] for g in frozen._groups) * 4
+    monkeypatch.setattr(lowering, "_TILE_BYTES", 2 * per_sample)  # two samples a tile: batch 5 is 2 + 2 + 1
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(5, c, h, w, generator=generator) for _ in range(3)]
+    with torch.inference_mode():
+        expected = [module(x) for x in inputs]
+        outputs = [frozen(x) for x in inputs]
+        assert len(frozen._programs) == 1
+        program = next(iter(frozen._programs.values()))
+        assert any(len(tiles) == 3 for _, _, tiles in program.stages)
+        for got, want in zip(outputs, expected, strict=True):
+            assert _max_error(got, want) <= 1e-5
+        again = frozen(inputs[0])
+        assert _max_error(again, expected[0]) <= 1e-5 and again.data_ptr() != outputs[0].data_ptr()
+        assert next(iter(frozen._programs.values())) is program  # replayed, not recorded again
+
+
+def test_programs_are_per_thread_and_shape_and_bounded(torchvision_tiny) -> None:
+    import threading
+
+    module, x, torchvision_out = torchvision_tiny
+    frozen = freeze(module)
+    results: dict[int, list[float]] = {}
+
+    def work(seed: int) -> None:
+        batch = torch.randn(seed + 1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            expected = module(batch)
+            results[seed] = [_max_error(frozen(batch), expected) for _ in range(4)]
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 1, 2] and max(max(r) for r in results.values()) <= 1e-5
+    assert len(frozen._programs) == 3
+    with torch.inference_mode():
+        for batch in range(1, 7):
+            frozen(torch.randn(batch, 3, 64, 64))
+        assert len(frozen._programs) == lowering._PACKED_SHAPES
+        assert _max_error(frozen(x), torchvision_out) <= 1e-5
+
+
+def test_program_sees_weights_changed_in_place_and_modules_moved() -> None:
+    graph = graph_of(REPO / "specs/digits.yaml")
+    a = trained_like(module_from_graph(graph, seed=0))
+    b = trained_like(module_from_graph(graph, seed=1))
+    frozen = freeze(a)
+    x = torch.randn(2, 1, 8, 8)
+    conv = next(op for op in frozen._op_list if op.kind == "conv")
+    with torch.no_grad():
+        frozen(x)
+        conv.weight.mul_(2)  # in place: the program's packed copy is stale
+        doubled = frozen(x)
+        conv.weight.div_(2)
+        assert _max_error(frozen(x), a(x)) <= 1e-5 and _max_error(doubled, a(x)) > 1e-3
+        frozen.double()
+        assert _max_error(frozen(x.double()), a.double()(x.double())) <= 1e-6  # float32 weights, widened
+    frozen.float()
+    a.float()
+    with torch.inference_mode():  # inference tensors: no version counter, load_state_dict forgets programs
+        inference = freeze(a)
+        inference(x)
+        inference.load_state_dict(freeze(b).state_dict())
+        assert _max_error(inference(x), b(x)) <= 1e-5
+
+
+def test_frozen_module_pickles_and_copies_after_running_and_refuses_gradients(torchvision_tiny) -> None:
+    import copy
+    import io
+
+    module, x, torchvision_out = torchvision_tiny
+    frozen = freeze(module)
+    with torch.inference_mode():
+        frozen(x)
+        frozen(x)
+    clone = copy.deepcopy(frozen)
+    data = io.BytesIO()
+    torch.save(frozen, data)
+    data.seek(0)
+    loaded = torch.load(data, weights_only=False)  # our own object, just written
+    with torch.inference_mode():
+        for m in (clone, loaded):
+            assert _max_error(m(x), torchvision_out) <= 1e-5
+    with pytest.raises(RuntimeError, match="for inference"):
+        frozen(x.clone().requires_grad_())
+    image = x.clone().requires_grad_()
+    freeze(module, for_export=True)(image).sum().backward()  # plain ops only: differentiable
+    reference = x.clone().requires_grad_()
+    module(reference).sum().backward()
+    assert image.grad is not None and _max_error(image.grad, reference.grad) <= 1e-5
 
 
 def test_loading_new_weights_into_a_frozen_module_takes_effect() -> None:
