@@ -53,3 +53,25 @@ def test_bench_infer_reports_every_contender(tmp_path: Path) -> None:
 
     assert batch_tile_of(onnx.load(tmp_path / "densegraph.onnx")) == 2
     assert batch_tile_of(onnx.load(tmp_path / "untiled.onnx")) is None
+
+
+def test_bench_torch_infer_reports_frozen_and_every_ablation() -> None:
+    from densegraph.lower.torch import REWRITES
+
+    argv = [
+        sys.executable,
+        str(REPO / "tools" / "bench_torch_infer.py"),
+        "--spec", str(REPO / "tests" / "data" / "torchvision-tiny.yaml"),
+        "--batch", "1", "3",
+        "--iters", "1",
+        "--repeat", "2",
+        "--threads", "1",
+        "--ablate",
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(record["batches"]) == {"1", "3"} and isinstance(record["malloc_tuned"], bool)
+    for row in record["batches"].values():
+        assert set(row["ms"]) == {"plain", "frozen"} | {f"-{r}" for r in REWRITES}
+        assert row["max_abs_error"] < 1e-4 and row["speedup"] > 0

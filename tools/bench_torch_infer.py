@@ -5,6 +5,8 @@
     python tools/bench_torch_infer.py --ablate             # also each rewrite left out in turn
     python tools/bench_torch_infer.py --profile            # torch.profiler table of the frozen module
 
+glibc is told to keep freed memory (``--malloc tuned``, as ``tools/bench_infer.py`` does: otherwise the plain
+module page-faults its activations back in on every call, which flatters the frozen one).
 Contenders take turns, ``--repeat`` calls each per round (the first call of each turn is not timed: it pays
 for the other contender's allocations), for ``--iters`` rounds; the figures are medians of the timed calls. The last line is JSON: per batch, the median milliseconds, the speedup plain/frozen and the largest
 absolute difference of the outputs.
@@ -28,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from densegraph.lower.torch import REWRITES, freeze, graph_of, module_from_graph  # noqa: E402
 from densegraph.spec import load_spec  # noqa: E402
 from densegraph.testing import randomize_batchnorm  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_infer import tune_malloc  # noqa: E402
 
 
 def _time(contenders: dict[str, Callable[[], torch.Tensor]], iters: int, repeat: int) -> dict[str, float]:
@@ -58,8 +63,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print a torch.profiler table of the frozen module"
     )
+    parser.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: glibc keeps freed memory, as in tools/bench_infer.py; default: glibc as it comes",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc_tuned = tune_malloc() if args.malloc == "tuned" else False
 
     spec = load_spec(args.spec)
     if args.size:
@@ -80,10 +92,14 @@ def main() -> None:
         "spec": args.spec,
         "input": [c, h, w],
         "threads": args.threads,
+        "malloc_tuned": malloc_tuned,
         "freeze_s": round(freeze_s, 2),
         "batches": {},
     }
-    print(f"{graph.graph['name']} {c}x{h}x{w}, {args.threads} threads, freeze took {freeze_s:.2f} s")
+    print(
+        f"{graph.graph['name']} {c}x{h}x{w}, {args.threads} threads, freeze took {freeze_s:.2f} s"
+        + (", malloc tuned" if malloc_tuned else "")
+    )
     print(f"{'batch':>5}  {'contender':<22} {'ms':>9} {'speedup':>8} {'max |diff|':>11}")
     for batch in args.batch:
         x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(batch))
