@@ -673,18 +673,24 @@ class _FrozenOp(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_packed": {}}  # oneDNN tensors neither copy nor pickle
 
+    def _packed_weight(self, shape: torch.Size) -> torch.Tensor:
+        """The weight packed by oneDNN for inputs of ``shape`` (it picks the layout for the shape); kept for the
+        last few shapes, and packed again when the weight is replaced or changed in place (``_version``)."""
+        weight: torch.Tensor = self._buffers["weight"]  # type: ignore[assignment]
+        key = (tuple(shape), weight.data_ptr(), 0 if weight.is_inference() else weight._version)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= _PACKED_SHAPES:
+                self._packed.pop(next(iter(self._packed)))
+            packed = self._packed[key] = pack_conv_weight(weight, self.stride, self.padding, list(shape))
+        return packed
+
+    def _mkldnn_for(self, x: torch.Tensor | _Seen) -> bool:
+        return self.use_mkldnn and x.device.type == "cpu" and x.dtype == torch.float32
+
     def conv(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_mkldnn and x.device.type == "cpu" and x.dtype == torch.float32:
-            # oneDNN picks the weight layout for the input shape; _version notices in-place loads
-            version = 0 if self.weight.is_inference() else self.weight._version
-            key = (tuple(x.shape), self.weight.data_ptr(), version)
-            packed = self._packed.get(key)
-            if packed is None:
-                if len(self._packed) >= _PACKED_SHAPES:
-                    self._packed.pop(next(iter(self._packed)))
-                packed = self._packed[key] = pack_conv_weight(
-                    self.weight, self.stride, self.padding, list(x.shape)
-                )
+        if self._mkldnn_for(x):
+            packed = self._packed_weight(x.shape)
             return conv_pointwise(x, packed, self.bias, self.stride, self.padding, self.post)
         out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         return F.relu(out, inplace=True) if self.post == "relu" else out
@@ -692,9 +698,8 @@ class _FrozenOp(nn.Module):
     def bind(self, x: _Seen, scratch: _Scratch | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """This op as a call for inputs like ``x`` alone (for :class:`_Program`): a convolution with its weight
         packed for that shape; a clamp into ``scratch`` when given (its output dies at the next op)."""
-        if self.kind == "conv" and self.use_mkldnn and x.device.type == "cpu" and x.dtype == torch.float32:
-            weight: torch.Tensor = self._buffers["weight"]  # type: ignore[assignment]
-            packed = pack_conv_weight(weight, self.stride, self.padding, list(x.shape))
+        if self.kind == "conv" and self._mkldnn_for(x):
+            packed = self._packed_weight(x.shape)  # the one the recorded run packed
             conv, bias, post = torch.ops.mkldnn._convolution_pointwise.default, self.bias, self.post or "none"
             padding, stride = [self.padding] * 2, [self.stride] * 2
             return lambda x: conv(x, packed, bias, padding, stride, [1, 1], 1, post, [], "")
@@ -867,11 +872,11 @@ class FrozenGraphModule(nn.Module):
         if program is not None and program.current():
             out = program(x)
         else:
-            if len(self._programs) >= _PACKED_SHAPES:
-                self._programs.pop(next(iter(self._programs)))
+            for stale in list(self._programs)[: max(0, len(self._programs) + 1 - _PACKED_SHAPES)]:
+                self._programs.pop(stale, None)  # least recently used; other threads may evict too
             program = _Program(self)
             out = self._interpret(x, program)
-            program.compile(self, x)
+            program.compile(self)
         self._programs[key] = program  # most recently used last
         return out
 
@@ -972,7 +977,7 @@ class _Program:
         self._recorded[stage, stop - start] = (stores, {})
         return stores, self._recorded[stage, stop - start][1]
 
-    def compile(self, module: FrozenGraphModule, x: torch.Tensor) -> None:
+    def compile(self, module: FrozenGraphModule) -> None:
         """Turn the recorded run into instructions."""
         scratch = _Scratch()
         instructions: dict[tuple[int, int], list[_Instruction]] = {}
