@@ -3,8 +3,11 @@ all of them together on every shipped spec, the export form through onnxruntime,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -378,8 +381,6 @@ def test_replayed_program_matches_and_returns_fresh_outputs(
 
 
 def test_programs_are_per_thread_and_shape_and_bounded(torchvision_tiny) -> None:
-    import threading
-
     module, x, torchvision_out = torchvision_tiny
     frozen = freeze(module)
     results: dict[int, list[float]] = {}
@@ -429,9 +430,6 @@ def test_program_sees_weights_changed_in_place_and_modules_moved() -> None:
 
 
 def test_frozen_module_pickles_and_copies_after_running_and_refuses_gradients(torchvision_tiny) -> None:
-    import copy
-    import io
-
     module, x, torchvision_out = torchvision_tiny
     frozen = freeze(module)
     with torch.inference_mode():
