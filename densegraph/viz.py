@@ -301,7 +301,12 @@ def draw_graph(graph: nx.DiGraph) -> Figure:
     ys = spans[:, None] / 2.0 * np.sin(t)[None, :]
     alpha = float(min(0.9, max(0.15, 12.0 / math.sqrt(max(len(edges), 1)))))
     arcs.add_collection(
-        LineCollection(np.stack([xs, ys], axis=-1), colors=colours, linewidths=0.6, alpha=alpha)
+        LineCollection(
+            np.stack([xs, ys], axis=-1),  # type: ignore[arg-type]  # an (n, 17, 2) array is a sequence of lines
+            colors=colours,
+            linewidths=0.6,
+            alpha=alpha,
+        )
     )
     top = max(float(spans.max()) / 2.0 if len(spans) else 1.0, 1.0)
     for block in blocks:
@@ -373,7 +378,7 @@ def draw_graph(graph: nx.DiGraph) -> Figure:
 def _save_figure(figure: Figure, fh: IO[bytes], fmt: str) -> None:
     import matplotlib
 
-    with matplotlib.rc_context(_FIGURE_RC):
+    with matplotlib.rc_context(_FIGURE_RC):  # type: ignore[arg-type]  # the stub wants literal rc keys
         metadata = {"Date": None} if fmt == "svg" else ({"CreationDate": None} if fmt == "pdf" else None)
         figure.savefig(fh, format=fmt, dpi=150, metadata=metadata)
 

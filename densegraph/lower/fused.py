@@ -344,7 +344,7 @@ class PreActConv(torch.autograd.Function):
 
 def mkldnn_conv_available() -> bool:
     """Whether oneDNN's fused convolution (``torch.ops.mkldnn._convolution_pointwise``) can be used here."""
-    return (
+    return bool(
         torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -354,7 +354,7 @@ def mkldnn_conv_available() -> bool:
 
 def pack_conv_weight(weight: torch.Tensor, stride: int, padding: int, input_shape: list[int]) -> torch.Tensor:
     """``weight`` reordered once into oneDNN's blocked layout for inputs of ``input_shape`` (any shape still works)."""
-    return torch._C._nn.mkldnn_reorder_conv2d_weight(
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]  # the stub lacks input_size
         weight.to_mkldnn(), [padding] * 2, [stride] * 2, [1, 1], 1, input_shape
     )
 

@@ -340,7 +340,7 @@ class GraphModule(nn.Module):
         out = x
         for step in self._plan:
             tensors = [values[i] for i in step.inputs]
-            out = tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)  # type: ignore[arg-type]
+            out = tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)  # type: ignore[arg-type, assignment]
             for kind, fn in step.ops:
                 out = self._run_op(kind, fn, out)
             for i in step.free:
@@ -490,7 +490,7 @@ _EAGER_ONLY = ("fuse_bn_relu", "fuse_conv_relu", "block_buffers", "batch_tiling"
 def _frozen_ops(module: nn.Module, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of a node's graph ops carrying detached float64 copies of their tensors (the original is untouched)."""
 
-    def copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    def copy(t: Any) -> torch.Tensor | None:  # Any: a module's tensor attributes type as Tensor | Module
         return None if t is None else t.detach().to(torch.float64, copy=True)
 
     out = []
@@ -647,6 +647,15 @@ class _FrozenOp(nn.Module):
     """One frozen op; its tensors are buffers named as in the op (``weight``, ``bias``, ``scale``, …)."""
 
     _TENSORS = ("weight", "bias", "mean", "var", "scale", "shift", "low", "high")
+    # the buffers an op kind has (see forward); declared for type checkers, registered in __init__
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    mean: torch.Tensor
+    var: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor | None
 
     def __init__(self, op: dict[str, Any], dtype: torch.dtype, *, use_mkldnn: bool) -> None:
         super().__init__()
