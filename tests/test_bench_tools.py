@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,7 @@ def test_bench_infer_reports_every_contender(tmp_path: Path) -> None:
     assert batch_tile_of(onnx.load(tmp_path / "untiled.onnx")) is None
 
 
-def test_bench_torch_infer_reports_frozen_and_every_ablation() -> None:
+def test_bench_torch_infer_reports_frozen_every_ablation_and_the_floor() -> None:
     from densegraph.lower.torch import REWRITES
 
     argv = [
@@ -67,6 +69,7 @@ def test_bench_torch_infer_reports_frozen_and_every_ablation() -> None:
         "--repeat", "2",
         "--threads", "1",
         "--ablate",
+        "--profile", "--profile-calls", "2",
     ]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -75,3 +78,7 @@ def test_bench_torch_infer_reports_frozen_and_every_ablation() -> None:
     for row in record["batches"].values():
         assert set(row["ms"]) == {"plain", "frozen"} | {f"-{r}" for r in REWRITES}
         assert row["max_abs_error"] < 1e-4 and row["speedup"] > 0
+    floor = record["profile"]
+    assert 0 < floor["conv_ms"] <= floor["op_ms"]
+    assert floor["budget_ms"] == pytest.approx(record["batches"]["3"]["ms"]["plain"] / 1.8, abs=0.01)
+    assert "convolutions alone" in result.stdout

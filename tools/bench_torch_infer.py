@@ -3,13 +3,18 @@
     python tools/bench_torch_infer.py                      # densenet121, 224x224, batch 1 and 8, 2 threads
     python tools/bench_torch_infer.py --iters 3 --batch 8 --spec specs/densenet121.yaml --size 224
     python tools/bench_torch_infer.py --ablate             # also each rewrite left out in turn
-    python tools/bench_torch_infer.py --profile            # torch.profiler table of the frozen module
+    python tools/bench_torch_infer.py --profile            # torch.profiler table and the convolution floor
 
 glibc is told to keep freed memory (``--malloc tuned``, as ``tools/bench_infer.py`` does: otherwise the plain
 module page-faults its activations back in on every call, which flatters the frozen one).
 Contenders take turns, ``--repeat`` calls each per round (the first call of each turn is not timed: it pays
 for the other contender's allocations), for ``--iters`` rounds; the figures are medians of the timed calls. The last line is JSON: per batch, the median milliseconds, the speedup plain/frozen and the largest
 absolute difference of the outputs.
+
+``--profile`` also profiles ``--profile-calls`` frozen calls at the largest batch and reports the median time
+spent in convolutions alone next to the time the frozen module may take to be ``--target`` times faster than
+plain: when the convolutions (oneDNN's kernels, at this machine's GEMM rate) already exceed that budget, no
+rewrite of the remaining ops can reach the target here.
 """
 
 from __future__ import annotations
@@ -51,6 +56,25 @@ def _time(contenders: dict[str, Callable[[], torch.Tensor]], iters: int, repeat:
     return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
 
 
+def _profile(frozen: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
+    """Print the profiler table of one frozen call; return the medians, over ``--profile-calls`` calls, of the
+    self time of its convolutions and of all its ops (ms)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    conv, total = [], []
+    with torch.inference_mode():
+        frozen(x)  # recorded: the profiled calls replay
+        for call in range(max(1, args.profile_calls)):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                frozen(x)
+            events = prof.key_averages()
+            conv.append(sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e3)
+            total.append(sum(e.self_cpu_time_total for e in events) / 1e3)
+            if call == 0:
+                print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    return {"conv_ms": round(statistics.median(conv), 2), "op_ms": round(statistics.median(total), 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="specs/densenet121.yaml")
@@ -61,7 +85,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ablate", action="store_true", help="also time freeze without each rewrite")
     parser.add_argument(
-        "--profile", action="store_true", help="print a torch.profiler table of the frozen module"
+        "--profile",
+        action="store_true",
+        help="print a torch.profiler table of the frozen module and its convolution floor",
+    )
+    parser.add_argument("--profile-calls", type=int, default=3, help="profiled calls for the floor")
+    parser.add_argument(
+        "--target", type=float, default=1.8, help="speedup the floor is compared with (issue 6: 1.8)"
     )
     parser.add_argument(
         "--malloc",
@@ -118,12 +148,16 @@ def main() -> None:
             "max_abs_error": errors["frozen"],
         }
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        x = torch.randn(args.batch[-1], c, h, w)
-        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            frozen(x)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        result["profile"] = _profile(frozen, torch.randn(args.batch[-1], c, h, w), args)
+        budget = result["batches"][str(args.batch[-1])]["ms"]["plain"] / args.target  # type: ignore[index]
+        result["profile"]["budget_ms"] = round(budget, 2)  # type: ignore[index]
+        floor = result["profile"]["conv_ms"]  # type: ignore[index]
+        print(
+            f"batch {args.batch[-1]}: convolutions alone {floor:.1f} ms of "
+            f"{result['profile']['op_ms']:.1f} ms op time (median of {args.profile_calls} profiled calls); "  # type: ignore[index]
+            f"{args.target}x over plain needs <= {budget:.1f} ms in all"
+            + (": the convolutions alone exceed it" if floor > budget else "")
+        )
     print(json.dumps(result))
 
 
