@@ -442,9 +442,8 @@ def main() -> None:
         f"load {host['load_avg']}; malloc {'tuned' if malloc_tuned else 'glibc default'}"
     )
     plain = module_from_graph(graph, seed=0).eval()
-    randomize_batchnorm(
-        plain, seed=1
-    )  # non-trivial BN statistics: every fold and int8 BN-ReLU conv exercised
+    # non-trivial BN statistics: every fold and int8 BN-ReLU conv exercised
+    randomize_batchnorm(plain, seed=1)
     notes: list[str] = []
     try:
         frozen = freeze(plain)
