@@ -26,7 +26,7 @@ from densegraph.export.onnx import ort_session, run_onnx
 REPO = Path(__file__).resolve().parents[1]
 TINY_SPEC = str(REPO / "tests" / "data" / "torchvision-tiny.yaml")
 DIGITS_SPEC = str(REPO / "specs" / "digits.yaml")
-FIXTURES = Path(os.environ.get("DENSEGRAPH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = REPO / "tests" / "fixtures"
 WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet.pth")
 LEGACY_WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet-legacy-keys.pth")
 

@@ -33,7 +33,7 @@ from densegraph.lower.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SPEC = REPO / "tests" / "data" / "torchvision-tiny.yaml"
-FIXTURES = Path(os.environ.get("DENSEGRAPH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = REPO / "tests" / "fixtures"
 WEIGHTS = {
     "current-keys": FIXTURES / "torchvision-tiny-densenet.pth",
     "legacy-keys": FIXTURES / "torchvision-tiny-densenet-legacy-keys.pth",

@@ -1,7 +1,7 @@
 """Every TensorRT name the backend uses exists in the real bindings of TensorRT 10 and 11.
 
-``../shared/tools/tensorrt-api`` downloads the small tensorrt bindings wheels (10.16 and 11.4) and writes the
-text of each binding (`strings` of the .so: every class, method, enum member and docstring). The bindings
+``tests/fixtures/tensorrt-api/`` holds, xz-compressed, the text of the real tensorrt bindings wheels (8.6, 10.3,
+10.16 and 11.4) as ``tools/tensorrt_api.sh`` writes it: the text of each binding (`strings` of the .so: every class, method, enum member and docstring). The bindings
 cannot be imported without a GPU stack, so this is a text check: a name "exists" when it is a string of the
 binding (possibly the tail of a longer one: the linker merges string suffixes) or a word of its docstrings.
 Names present in only one version must sit behind ``hasattr``/``getattr`` feature detection in the source.
@@ -10,9 +10,8 @@ Names present in only one version must sit behind ``hasattr``/``getattr`` featur
 from __future__ import annotations
 
 import ast
-import os
+import lzma
 import re
-import subprocess
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +22,7 @@ import densegraph.export.tensorrt as backend
 
 SOURCE = Path(backend.__file__)
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = Path(os.environ.get("TENSORRT_API_SCRIPT", REPO.parent / "shared" / "tools" / "tensorrt-api"))
+API_DIR = REPO / "tests" / "fixtures" / "tensorrt-api"
 
 # variables (and self._<name> attributes) that hold TensorRT objects in the backend
 TRT_OBJECTS = {
@@ -108,47 +107,20 @@ class ApiText:
         return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", self.text) is not None
 
 
-def _cache_dir() -> Path:
-    if "TENSORRT_API_DIR" in os.environ:
-        return Path(os.environ["TENSORRT_API_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tensorrt-api"
-
-
-def _found(folder: Path) -> dict[str, Path]:
-    files = {}
-    for major in ("10", "11"):
-        hits = sorted(folder.glob(f"tensorrt-{major}.*.txt"))
-        if hits:
-            files[major] = hits[-1]
-    return files
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(part) for part in path.name[len("tensorrt-") : -len(".txt.xz")].split("."))
 
 
 @pytest.fixture(scope="session")
-def api(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ApiText]:
-    """The API text of TensorRT 10 and 11, from the cache or downloaded by the shared tool."""
-    folder = _cache_dir()
-    files = _found(folder)
-    if len(files) < 2:
-        if not SCRIPT.is_file():
-            pytest.skip(f"no TensorRT API text in {folder} and no {SCRIPT} to make it")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            folder = tmp_path_factory.mktemp("tensorrt-api")
-        try:
-            done = subprocess.run(
-                ["bash", str(SCRIPT), str(folder)], capture_output=True, text=True, timeout=600
-            )
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"{SCRIPT} did not finish in 10 minutes (no network to the package index?)")
-        files = _found(folder)
-        if done.returncode != 0 or len(files) < 2:
-            tail = " ".join(done.stderr.strip().splitlines()[-2:])
-            pytest.skip(
-                f"cannot get the TensorRT bindings wheels with {SCRIPT} (exit {done.returncode}): {tail}"
-            )
+def api() -> dict[str, ApiText]:
+    """The API text of the newest TensorRT 10 and 11 in ``tests/fixtures/tensorrt-api`` (xz-compressed)."""
+    files = {}
+    for major in ("10", "11"):
+        hits = sorted(API_DIR.glob(f"tensorrt-{major}.*.txt.xz"), key=_version_key)
+        assert hits, f"no TensorRT {major} API text in {API_DIR} (tools/tensorrt_api.sh makes it)"
+        files[major] = hits[-1]
     return {
-        major: ApiText(path.name[len("tensorrt-") : -len(".txt")], path.read_text())
+        major: ApiText(path.name[len("tensorrt-") : -len(".txt.xz")], lzma.decompress(path.read_bytes()).decode())
         for major, path in files.items()
     }
 

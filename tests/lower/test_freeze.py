@@ -33,7 +33,7 @@ from densegraph.lower.torch import (
 from densegraph.spec import Connectivity, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("DENSEGRAPH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = REPO / "tests" / "fixtures"
 SPECS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "specs").rglob("*.yaml"))
 BIG = {
     "specs/densenet161.yaml",

@@ -17,7 +17,7 @@ from densegraph.lower.torch import GraphModule, graph_of, module_from_graph, to_
 from densegraph.spec import spec_from_string
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("DENSEGRAPH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = REPO / "tests" / "fixtures"
 
 TINY = """
 name: tiny

@@ -19,7 +19,7 @@ from densegraph.spec import load_spec
 from densegraph.summary import summary_dict
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("DENSEGRAPH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = REPO / "tests" / "fixtures"
 TINY_SPEC = REPO / "tests" / "data" / "torchvision-tiny.yaml"
 SPECS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "specs").rglob("*.yaml"))
 

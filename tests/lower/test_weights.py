@@ -14,9 +14,7 @@ from densegraph.errors import CheckpointError
 from densegraph.lower.torch import to_torch
 from densegraph.lower.weights import load_weights, save_atomic, state_dict_from_file
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY_SPEC = str(Path(__file__).resolve().parents[1] / "data" / "torchvision-tiny.yaml")
 MODERN = FIXTURES / "torchvision-tiny-densenet.pth"
 LEGACY = FIXTURES / "torchvision-tiny-densenet-legacy-keys.pth"
