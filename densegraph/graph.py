@@ -44,16 +44,28 @@ the block's layers — and ``nodes``, the block input followed by its layers).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from typing import Any
 
 import networkx as nx
 
 from .cost import op_macs, op_output, op_params
 from .errors import Loc, SpecError
-from .spec import Block, Connectivity, Spec
+from .spec import Block, Connectivity, Spec, load_spec
 
-__all__ = ["build_graph", "check_graph", "graph_from_spec", "layer_sources", "node_inputs", "GraphError"]
+__all__ = [
+    "build_graph",
+    "check_graph",
+    "graph_from_spec",
+    "graph_of",
+    "graph_sha256",
+    "layer_sources",
+    "node_inputs",
+    "GraphError",
+]
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -400,3 +412,30 @@ def check_graph(graph: nx.DiGraph) -> None:
                 )
         if sum(graph.nodes[n]["out_channels"] for n in block["nodes"]) != block["out_channels"]:
             _fail(f"block {block['index']}: output channels do not add up")
+
+
+def graph_of(spec_or_graph: nx.DiGraph | Spec | str | os.PathLike[str]) -> nx.DiGraph:
+    """Accept a connection graph, a :class:`Spec` or a spec path; return a checked graph."""
+    if isinstance(spec_or_graph, nx.DiGraph):
+        check_graph(spec_or_graph)
+        return spec_or_graph
+    if isinstance(spec_or_graph, Spec):
+        return build_graph(spec_or_graph)
+    return build_graph(load_spec(spec_or_graph))
+
+
+def graph_sha256(graph: nx.DiGraph) -> str:
+    """A digest of the graph's structure (nodes, ops, edges, shapes); spec comments and paths do not change it."""
+    nodes = [
+        {k: data[k] for k in ("kind", "module", "in_channels", "out_channels", "in_size", "out_size", "ops")}
+        | {"node": node}
+        for node, data in graph.nodes(data=True)
+    ]
+    edges = sorted((u, v, d["position"], d["offset"], d["channels"]) for u, v, d in graph.edges(data=True))
+    doc = {
+        "input_shape": list(graph.graph["input_shape"]),
+        "output_shape": list(graph.graph["output_shape"]),
+        "nodes": nodes,
+        "edges": edges,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()

@@ -24,7 +24,6 @@ import argparse
 import csv
 import hashlib
 import io
-import json
 import os
 import random
 import tempfile
@@ -34,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,7 +41,8 @@ from torch import nn
 from ._io import file_sha256, write_atomic
 from .data import Dataset, data_loader, load_data
 from .errors import CheckpointError, DataError, DensegraphError, Loc
-from .lower.torch import graph_of, to_torch
+from .graph import graph_of, graph_sha256
+from .lower.torch import to_torch
 from .lower.weights import load_file, save_atomic
 
 __all__ = ["train", "run_train", "graph_sha256", "DEFAULT_EPOCHS", "CHECKPOINT_FORMAT", "METRICS_COLUMNS"]
@@ -61,23 +60,6 @@ RANK_DIGEST_ENV = "DENSEGRAPH_RANK_DIGEST"
 
 # ---------------------------------------------------------------------------------------------------------
 # fingerprints
-
-
-def graph_sha256(graph: nx.DiGraph) -> str:
-    """A digest of the graph's structure (nodes, ops, edges, shapes); spec comments and paths do not change it."""
-    nodes = [
-        {k: data[k] for k in ("kind", "module", "in_channels", "out_channels", "in_size", "out_size", "ops")}
-        | {"node": node}
-        for node, data in graph.nodes(data=True)
-    ]
-    edges = sorted((u, v, d["position"], d["offset"], d["channels"]) for u, v, d in graph.edges(data=True))
-    doc = {
-        "input_shape": list(graph.graph["input_shape"]),
-        "output_shape": list(graph.graph["output_shape"]),
-        "nodes": nodes,
-        "edges": edges,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()
 
 
 def _file_sha256(path: str | None) -> str | None:

@@ -34,6 +34,7 @@ from .graph import node_inputs
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
@@ -246,21 +247,10 @@ def _layer_axes(ax: Any, rows: int, columns: int) -> None:
 
 def draw_graph(graph: nx.DiGraph) -> Figure:
     """A matplotlib figure of ``graph``: an arc diagram of all connections over one matrix per dense block."""
-    import numpy as np
-    from matplotlib.collections import LineCollection
-    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
     blocks = list(graph.graph.get("blocks", []))
-    order = list(graph.nodes)
-    # Layers of a block sit one unit apart; the stages between blocks get more room for their labels.
-    position: dict[str, float] = {}
-    x, gap = 0.0, max(3.0, len(order) / 25.0)
-    for i, node in enumerate(order):
-        if i:
-            inside = {graph.nodes[n]["kind"] for n in (order[i - 1], node)} <= {"block_input", "dense_layer"}
-            x += 1.0 if inside else gap
-        position[node] = x
+    position = _node_positions(graph)
     block_rows, block_columns = _panel_grid(max(len(blocks), 1))
     width = max(11.0, 3.4 * block_columns)
     height = 3.8 + 3.3 * block_rows
@@ -277,11 +267,35 @@ def draw_graph(graph: nx.DiGraph) -> Figure:
         hspace=0.42,
         wspace=0.3,
     )
+    _draw_arcs(figure.add_subplot(grid[0, :]), graph, position)
+    for i, block in enumerate(blocks):
+        _draw_block_matrix(figure.add_subplot(grid[1 + i // block_columns, i % block_columns]), graph, block)
+    return figure
 
+
+def _node_positions(graph: nx.DiGraph) -> dict[str, float]:
+    """x of each node: layers of a block one unit apart, the stages between blocks with room for labels."""
+    order = list(graph.nodes)
+    position: dict[str, float] = {}
+    x, gap = 0.0, max(3.0, len(order) / 25.0)
+    for i, node in enumerate(order):
+        if i:
+            inside = {graph.nodes[n]["kind"] for n in (order[i - 1], node)} <= {"block_input", "dense_layer"}
+            x += 1.0 if inside else gap
+        position[node] = x
+    return position
+
+
+def _draw_arcs(arcs: Axes, graph: nx.DiGraph, position: dict[str, float]) -> None:
+    """The arc diagram of every connection, the blocks shaded and labelled, the stages marked."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+
+    blocks = list(graph.graph.get("blocks", []))
+    order = list(graph.nodes)
     # Arc diagram: an edge u -> v is a half ellipse of height (x_v - x_u) / 2 above the line. Past
     # _MAX_ARCS connections (blocks of hundreds of layers) only every step-th layer's inputs are drawn, so the
     # figure stays quick; the matrices below still show every connection.
-    arcs = figure.add_subplot(grid[0, :])
     step = max(1, math.ceil(graph.number_of_edges() / _MAX_ARCS))
     edges = [
         (position[u], position[v], graph.nodes[v])
@@ -353,26 +367,29 @@ def draw_graph(graph: nx.DiGraph) -> Figure:
         loc="left",
     )
 
-    for i, block in enumerate(blocks):
-        ax = figure.add_subplot(grid[1 + i // block_columns, i % block_columns])
-        matrix = connectivity_matrix(graph, block["index"])
-        layers = matrix.shape[0]
-        colour = _BLOCK_COLOURS[(block["index"] - 1) % len(_BLOCK_COLOURS)]
-        ax.imshow(
-            matrix.astype(np.uint8),
-            cmap=ListedColormap(["#ffffff", colour]),
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-            extent=(0.5, layers + 0.5, layers - 0.5, -0.5),
-            aspect="equal",
-        )
-        _layer_axes(ax, layers, layers)
-        if layers <= 24:  # small blocks: show the individual cells
-            ax.hlines(np.arange(0.5, layers - 1), 0.5, layers + 0.5, colors="#ffffff", linewidths=0.5)
-            ax.vlines(np.arange(1.5, layers + 0.5), -0.5, layers - 0.5, colors="#ffffff", linewidths=0.5)
-        ax.set_title(f"{_block_title(block, 'block')}\n{block['edges']:,} connections", fontsize=8)
-    return figure
+
+def _draw_block_matrix(ax: Axes, graph: nx.DiGraph, block: dict[str, Any]) -> None:
+    """One dense block's connectivity matrix (source layer x target layer) in the block's colour."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    matrix = connectivity_matrix(graph, block["index"])
+    layers = matrix.shape[0]
+    colour = _BLOCK_COLOURS[(block["index"] - 1) % len(_BLOCK_COLOURS)]
+    ax.imshow(
+        matrix.astype(np.uint8),
+        cmap=ListedColormap(["#ffffff", colour]),
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+        extent=(0.5, layers + 0.5, layers - 0.5, -0.5),
+        aspect="equal",
+    )
+    _layer_axes(ax, layers, layers)
+    if layers <= 24:  # small blocks: show the individual cells
+        ax.hlines(np.arange(0.5, layers - 1), 0.5, layers + 0.5, colors="#ffffff", linewidths=0.5)
+        ax.vlines(np.arange(1.5, layers + 0.5), -0.5, layers - 0.5, colors="#ffffff", linewidths=0.5)
+    ax.set_title(f"{_block_title(block, 'block')}\n{block['edges']:,} connections", fontsize=8)
 
 
 def _save_figure(figure: Figure, fh: IO[bytes], fmt: str) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError
+from ..parity import TOLERANCES, check_int8, check_outputs, compare_outputs, parity_inputs
 
 if TYPE_CHECKING:
     import onnx
@@ -76,7 +77,6 @@ _EXPORTER_MAX_OPSET = 20
 # the fp32 model: logits SQNR >= 10 dB (each sample's mean logit removed) and, with labels, top-1 at most 5
 # points lower. Top-1 agreement is reported but not gated: an untrained model's logits are near ties that int8
 # noise flips (an untrained digits model: 83% agreement at 21 dB; the trained one: 99.4% at 24 dB).
-TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8_sqnr_db": 10.0, "int8_top1_drop": 0.05}
 _PROTOBUF_LIMIT = 2**31 - 2**24  # a single-file ModelProto must stay under 2 GiB; keep room for the graph
 
 
@@ -281,23 +281,7 @@ def run_onnx(session: onnxruntime.InferenceSession, x: np.ndarray, *, batch_size
 
 
 # ---------------------------------------------------------------------------------------------------------
-# parity
-
-
-def parity_inputs(
-    input_shape: Sequence[int], batches: Sequence[int] = (1, 3), *, seed: int = 0
-) -> list[np.ndarray]:
-    """Standard-normal float32 batches of ``[n, *input_shape]`` for each ``n``, the same for a given seed."""
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal((n, *input_shape), dtype=np.float32) for n in batches]
-
-
-def compare_outputs(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Max abs error, max relative error (to max |ref|) and top-1 agreement of two logit arrays."""
-    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
-    scale = float(np.max(np.abs(ref)))
-    agree = float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1)))
-    return {"max_abs_err": err, "max_rel_err": err / max(scale, 1e-12), "top1_agreement": agree}
+# parity (the arithmetic and the bars live in densegraph.parity; this runs the ONNX side)
 
 
 def verify_outputs(
@@ -307,106 +291,22 @@ def verify_outputs(
     precision: str,
 ) -> dict[str, Any]:
     """Run ``model`` (a path, bytes or a session) in onnxruntime on ``inputs`` and hold it to the
-    ``precision``'s bar against ``references``; raises :class:`BuildError` when it misses (fp32: abs error,
-    fp16: relative error).
-
-    Returns a dict: ``precision``, ``criterion``, ``batches``, ``max_abs_err``, ``max_rel_err``,
-    ``top1_agreement``, ``passed`` (and where the reference and runtime come from).
-    """
+    ``precision``'s bar against ``references`` (:func:`densegraph.parity.check_outputs`); raises
+    :class:`BuildError` when it misses (fp32: abs error, fp16: relative error)."""
     import onnxruntime as ort
 
     session = model if isinstance(model, ort.InferenceSession) else ort_session(model)
     name = session.get_inputs()[0].name
-    worst = {"max_abs_err": 0.0, "max_rel_err": 0.0}
-    agree = total = 0
-    for x, ref in zip(inputs, references, strict=True):
-        got = np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
-        if got.shape != ref.shape:
-            raise BuildError(
-                f"onnxruntime gives logits of shape {list(got.shape)} for a batch of {len(x)}, "
-                f"PyTorch {list(ref.shape)}"
-            )
-        if not np.all(np.isfinite(got)):
-            raise BuildError(
-                f"the {precision} model's outputs are not finite (NaN or inf) at batch {len(x)}",
-                hint="check the weights" if precision == "fp32" else "try --precision fp32",
-            )
-        stats = compare_outputs(got, ref)
-        worst = {k: max(v, stats[k]) for k, v in worst.items()}
-        agree += round(stats["top1_agreement"] * len(x))
-        total += len(x)
-    bound = TOLERANCES[precision]
-    if precision == "fp32":
-        criterion, passed = f"max |onnxruntime - torch| <= {bound:g}", worst["max_abs_err"] <= bound
-    elif precision == "fp16":
-        criterion, passed = (
-            f"max |onnxruntime - torch| <= {bound:g} * max |torch|",
-            worst["max_rel_err"] <= bound,
-        )
-    else:
-        raise ValueError(f"verify_outputs compares fp32 and fp16 models, not {precision!r}")
-    result = {
-        "precision": precision,
-        "reference": "the PyTorch eval module, before rewrites",
-        "runtime": _runtime_name(),
-        "criterion": criterion,
-        "batches": [len(x) for x in inputs],
-        "max_abs_err": _round(worst["max_abs_err"]),
-        "max_rel_err": _round(worst["max_rel_err"]),
-        "top1_agreement": agree / max(total, 1),
-        "passed": bool(passed),
-    }
-    if not passed:
-        raise BuildError(
-            f"parity check failed: the {precision} ONNX model differs from PyTorch by "
-            f"{worst['max_abs_err']:.3g} "
-            f"(relative {worst['max_rel_err']:.3g}), over the bar {criterion}",
-            hint="rerun with --plain to export without the graph rewrites, and report it"
-            if precision == "fp32"
-            else "build --precision fp32, and report it",
-        )
-    return result
+    got = [np.asarray(session.run(None, {name: x})[0], dtype=np.float32) for x in inputs]
+    return check_outputs(got, references, precision, runtime=_runtime_name())
 
 
 def verify_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Hold the int8 model's logits to the fp32 model's on the same inputs (and their labels, if any);
-    raises :class:`BuildError` when they miss the bar (:data:`TOLERANCES`)."""
-    # softmax ignores a per-sample shift of the logits, so neither signal nor noise counts one
-    signal = fp32.astype(np.float64) - fp32.mean(axis=1, keepdims=True)
-    error = signal - (int8.astype(np.float64) - int8.mean(axis=1, keepdims=True))
-    sqnr = 10 * np.log10(float(np.sum(signal**2)) / max(float(np.sum(error**2)), 1e-30))
-    result: dict[str, Any] = {
-        "precision": "int8",
-        "reference": "the fp32 ONNX model",
-        "runtime": _runtime_name(),
-        "criterion": f"logits SQNR >= {TOLERANCES['int8_sqnr_db']:g} dB"
-        + (f", top-1 at most {TOLERANCES['int8_top1_drop']:.0%} below fp32" if labels is not None else ""),
-        "samples": len(fp32),
-        "sqnr_db": round(sqnr, 1),
-        "top1_agreement": round(float(np.mean(fp32.argmax(1) == int8.argmax(1))), 4),
-    }
-    passed = sqnr >= TOLERANCES["int8_sqnr_db"]
-    if labels is not None:
-        result["top1_fp32"] = round(float(np.mean(fp32.argmax(1) == labels)), 4)
-        result["top1_int8"] = round(float(np.mean(int8.argmax(1) == labels)), 4)
-        passed &= result["top1_int8"] >= result["top1_fp32"] - TOLERANCES["int8_top1_drop"]
-    result["passed"] = bool(passed)
-    if not passed:
-        top1 = f", top-1 {result['top1_fp32']:.1%} -> {result['top1_int8']:.1%}" if labels is not None else ""
-        raise BuildError(
-            f"the int8 model is too far from fp32: logits SQNR {sqnr:.1f} dB{top1} "
-            f"(bar: {result['criterion']})",
-            hint="calibrate on more or more representative data (--calib-samples), or build fp16",
-        )
-    return result
+    """:func:`densegraph.parity.check_int8` of logits onnxruntime computed."""
+    return check_int8(fp32, int8, labels, runtime=_runtime_name())
 
 
 def _runtime_name() -> str:
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} CPUExecutionProvider"
-
-
-def _round(value: float) -> float:
-    """Three significant digits: enough to read, and stable across runs on one machine."""
-    return float(f"{value:.3g}")

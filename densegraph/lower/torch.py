@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cost import TILE_BYTES
-from ..graph import build_graph, check_graph, node_inputs
-from ..spec import Spec, load_spec
+from ..graph import check_graph, graph_of, node_inputs
 from .fused import (
     BlockStore,
     BufferRead,
@@ -58,16 +57,6 @@ __all__ = [
     "REWRITES",
     "EXPORT_REWRITES",
 ]
-
-
-def graph_of(spec_or_graph: Any) -> nx.DiGraph:
-    """Accept a connection graph, a :class:`Spec` or a spec path; return a checked graph."""
-    if isinstance(spec_or_graph, nx.DiGraph):
-        check_graph(spec_or_graph)
-        return spec_or_graph
-    if isinstance(spec_or_graph, Spec):
-        return build_graph(spec_or_graph)
-    return build_graph(load_spec(spec_or_graph))
 
 
 def _module_for(op: dict[str, Any]) -> nn.Module | None:
