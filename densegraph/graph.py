@@ -37,7 +37,9 @@ Primitive ops (dicts with key ``op``; ``name`` is the full module path, or ``Non
 - ``global_avgpool`` (then flatten); ``linear``: ``in_features``, ``out_features``, ``bias``
 
 The graph attributes (``g.graph``) hold ``name``, ``input_shape`` (C, H, W), ``output_shape`` (classes,),
-``spec_path`` and ``blocks`` (a list of per-block dicts: ``index``, ``layers``, ``growth_rate``, ``bottleneck``,
+``spec_path``, ``preprocess`` (a plain dict: ``resize`` (shorter side, or ``None`` for a straight resize to
+the crop), ``crop`` ``[H, W]``, ``mean``, ``std``, ``channel_order``, ``scale``, ``interpolation`` — see
+:class:`~densegraph.spec.Preprocess`) and ``blocks`` (a list of per-block dicts: ``index``, ``layers``, ``growth_rate``, ``bottleneck``,
 ``connectivity`` and ``window``, ``in_channels``, ``out_channels``, ``size``, ``edges`` — the connections feeding
 the block's layers — and ``nodes``, the block input followed by its layers).
 """
@@ -54,7 +56,7 @@ import networkx as nx
 
 from .cost import op_macs, op_output, op_params
 from .errors import Loc, SpecError
-from .spec import Block, Connectivity, Spec, load_spec
+from .spec import Block, Connectivity, Spec, default_preprocess, load_spec
 
 __all__ = [
     "build_graph",
@@ -185,6 +187,7 @@ class _Builder:
             name=spec.name,
             input_shape=(c0, h, w),
             spec_path=spec.path,
+            preprocess=(spec.preprocess or default_preprocess(spec.stem.kind, c0, (h, w))).as_dict(),
             blocks=[],
         )
         g.add_node(

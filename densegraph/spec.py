@@ -10,6 +10,7 @@ A spec describes a densely connected network by its hyper-parameters (see README
     stem: {kind: imagenet, channels: 64}
     blocks: [6, 12, 24, 16]  # or mappings: {layers: 6, growth_rate: 48, connectivity: {kind: window, size: 4}}
     head: {classes: 1000}
+    preprocess: {resize: 256, crop: 224}   # optional; see :class:`Preprocess` for the defaults
 
 Only safe YAML is read (``yaml.compose`` with ``SafeLoader``), duplicate keys are rejected, and ``extends:``
 merges a base spec (relative path, cycles rejected) under the overrides.
@@ -35,6 +36,8 @@ __all__ = [
     "Stem",
     "Head",
     "Connectivity",
+    "Preprocess",
+    "default_preprocess",
     "load_spec",
     "spec_from_string",
     "CONNECTIVITY_KINDS",
@@ -44,6 +47,11 @@ __all__ = [
 
 CONNECTIVITY_KINDS = ("dense", "window", "log")
 STEM_KINDS = ("imagenet", "cifar")
+CHANNEL_ORDERS = ("rgb", "bgr")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CROP_FRACTION = 0.875  # torchvision/timm: resize to crop / 0.875 (224 -> 256), then center-crop
 
 # Sizes past these are refused while reading, before any graph or tensor is allocated.
 LIMITS = {
@@ -114,6 +122,42 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes the model's input tensor (the spec's ``preprocess:`` section).
+
+    In order: decode, convert to ``channel_order`` (or grayscale for 1 channel), resize the shorter side to
+    ``resize`` with ``interpolation`` (``None``: resize straight to ``crop``), center-crop to ``crop`` (H, W),
+    divide the pixels by ``scale``, then subtract ``mean`` and divide by ``std`` per channel.
+
+    Defaults: ImageNet-style specs (``stem: imagenet``) get torchvision's evaluation transform (resize 256,
+    center-crop 224 for a 224 input, ImageNet mean/std); other specs get a plain resize to the input size,
+    ``[0, 1]`` pixels and, with 3 channels, the ImageNet mean/std.
+    """
+
+    resize: int | None
+    crop: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str = "rgb"
+    scale: float = 255.0
+    interpolation: str = "bilinear"
+    loc: Loc | None = field(default=None, compare=False)
+    locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready dict (the form the graph and the ONNX metadata carry)."""
+        return {
+            "resize": self.resize,
+            "crop": list(self.crop),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "channel_order": self.channel_order,
+            "scale": self.scale,
+            "interpolation": self.interpolation,
+        }
+
+
+@dataclass(frozen=True)
 class Spec:
     """A validated model spec. ``locs`` maps each top-level key to where it was written."""
 
@@ -128,6 +172,7 @@ class Spec:
     blocks: tuple[Block, ...]
     head: Head
     connectivity: Connectivity
+    preprocess: Preprocess | None = None  # None only for a hand-made Spec; load_spec always fills it
     path: str = "<string>"
     loc: Loc | None = field(default=None, compare=False)
     locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
@@ -488,6 +533,7 @@ _TOP_KEYS = (
     "blocks",
     "connectivity",
     "head",
+    "preprocess",
     "extends",
 )
 _BLOCK_KEYS = ("layers", "growth_rate", "bottleneck", "dropout", "compression", "connectivity")
@@ -642,6 +688,8 @@ def _validate(root: _Val, path: str) -> Spec:
         if "classes" in head_map:
             head_classes = _int(head_map["classes"], "head.classes", limit="classes")
 
+    preprocess = _preprocess(top.get("preprocess"), stem_kind, channels, size, file_loc)
+
     return Spec(
         name=name,
         input_channels=channels,
@@ -654,10 +702,104 @@ def _validate(root: _Val, path: str) -> Spec:
         blocks=tuple(blocks),
         head=Head(head_classes, head_loc, head_locs),
         connectivity=connectivity,
+        preprocess=preprocess,
         path=path,
         loc=root.loc,
         locs=locs,
     )
+
+
+_PREPROCESS_KEYS = ("resize", "crop", "mean", "std", "channel_order", "scale", "interpolation")
+
+
+def default_preprocess(stem_kind: str, channels: int, size: tuple[int, int]) -> Preprocess:
+    """The preprocessing a spec gets when it does not say: torchvision's for ImageNet stems, a plain resize else."""
+    mean = IMAGENET_MEAN if channels == 3 else (0.0,) * channels
+    std = IMAGENET_STD if channels == 3 else (1.0,) * channels
+    resize = math.floor(min(size) / IMAGENET_CROP_FRACTION) if stem_kind == "imagenet" else None
+    return Preprocess(resize=resize, crop=size, mean=mean, std=std)
+
+
+def _number_list(val: _Val, what: str, channels: int, *, positive: bool) -> tuple[float, ...]:
+    items = val.value if isinstance(val.value, list) else None
+    if items is None or len(items) != channels:
+        got = f"{len(items)} values" if items is not None else f"a {_type_name(val.value)}"
+        raise SpecError(
+            f"{what} must be a list of {channels} numbers (one per input channel), got {got}",
+            loc=val.loc,
+            hint=f"e.g. {what.split('.')[-1]}: {list(IMAGENET_MEAN if channels == 3 else (0.5,) * channels)}",
+        )
+    out = []
+    for item in items:
+        value = item.value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SpecError(f"{what} must hold finite numbers, got {value!r}", loc=item.loc)
+        if positive and value <= 0:
+            raise SpecError(f"{what} must hold positive numbers, got {value!r}", loc=item.loc)
+        out.append(float(value))
+    return tuple(out)
+
+
+def _preprocess(
+    val: _Val | None, stem_kind: str, channels: int, size: tuple[int, int], file_loc: Loc
+) -> Preprocess:
+    base = default_preprocess(stem_kind, channels, size)
+    if val is None:
+        return Preprocess(**{**base.__dict__, "loc": file_loc})
+    mapping = _mapping(val, "preprocess")
+    _unknown_keys(mapping, _PREPROCESS_KEYS, "preprocess")
+    values: dict[str, Any] = {k: getattr(base, k) for k in _PREPROCESS_KEYS}
+    if "crop" in mapping:
+        cv = mapping["crop"]
+        if isinstance(cv.value, list):
+            if len(cv.value) != 2:
+                raise SpecError("preprocess.crop must be one integer or [height, width]", loc=cv.loc)
+            crop = (
+                _int(cv.value[0], "preprocess.crop height", limit="size"),
+                _int(cv.value[1], "preprocess.crop width", limit="size"),
+            )
+        else:
+            side = _int(cv, "preprocess.crop", limit="size")
+            crop = (side, side)
+        if crop != size:
+            raise SpecError(
+                f"preprocess.crop {list(crop)} differs from the input size {list(size)}",
+                loc=cv.loc,
+                hint="the crop is what the model takes; set input.size to it, or drop crop",
+            )
+    if "resize" in mapping:
+        rv = mapping["resize"]
+        values["resize"] = None if rv.value is None else _int(rv, "preprocess.resize", limit="size")
+        if values["resize"] is not None and values["resize"] < min(size):
+            raise SpecError(
+                f"preprocess.resize {values['resize']} is smaller than the crop {list(size)}",
+                loc=rv.loc,
+                hint="resize sets the shorter side before the center crop; use at least the crop size, "
+                "or null to resize straight to the crop",
+            )
+    if "mean" in mapping:
+        values["mean"] = _number_list(mapping["mean"], "preprocess.mean", channels, positive=False)
+    if "std" in mapping:
+        values["std"] = _number_list(mapping["std"], "preprocess.std", channels, positive=True)
+    if "channel_order" in mapping:
+        values["channel_order"] = _choice(
+            mapping["channel_order"], "preprocess.channel_order", CHANNEL_ORDERS
+        )
+        if channels != 3 and values["channel_order"] != "rgb":
+            raise SpecError(
+                f"preprocess.channel_order applies to 3-channel inputs; this model takes {channels}",
+                loc=mapping["channel_order"].loc,
+            )
+    if "scale" in mapping:
+        values["scale"] = _float(
+            mapping["scale"], "preprocess.scale", 0.0, 1e9, low_open=True, high_open=False
+        )
+    if "interpolation" in mapping:
+        values["interpolation"] = _choice(
+            mapping["interpolation"], "preprocess.interpolation", INTERPOLATIONS
+        )
+    locs = {k: v.loc for k, v in mapping.items()}
+    return Preprocess(**values, loc=val.loc, locs=locs)
 
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:

@@ -392,3 +392,63 @@ def test_a_utf8_bom_and_unicode_names_are_fine(tmp_path: Path) -> None:
     path = tmp_path / "bom.yaml"
     path.write_bytes("\ufeffname: réseau-dense\ngrowth_rate: 12\nblocks: [2]\n".encode())
     assert load_spec(path).name == "réseau-dense"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# preprocess:
+
+
+def test_imagenet_specs_default_to_torchvisions_evaluation_transform() -> None:
+    # torchvision's ImageNet weights: Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize(mean, std)
+    pre = load_spec(REPO / "specs" / "densenet121.yaml").preprocess
+    assert pre is not None
+    assert pre.resize == 256 and pre.crop == (224, 224)
+    assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+    assert (pre.channel_order, pre.scale, pre.interpolation) == ("rgb", 255.0, "bilinear")
+
+
+def test_small_input_specs_default_to_a_plain_resize() -> None:
+    digits = load_spec(REPO / "specs" / "digits.yaml").preprocess
+    assert digits is not None and digits.resize is None and digits.crop == (8, 8)
+    assert digits.mean == (0.0,) and digits.std == (1.0,) and digits.scale == 255.0
+    cifar = load_spec(REPO / "specs" / "cifar" / "densenet-l40-k12.yaml").preprocess
+    assert cifar is not None and cifar.resize is None and cifar.crop == (32, 32)
+    assert cifar.mean == (0.485, 0.456, 0.406)
+
+
+def test_preprocess_overrides_are_read_with_their_locations() -> None:
+    spec = spec_from_string(
+        "growth_rate: 12\nblocks: [4]\ninput: {size: [240, 200]}\n"
+        "preprocess:\n  resize: 288\n  crop: [240, 200]\n  mean: [0.5, 0.5, 0.5]\n  std: [0.25, 0.25, 0.5]\n"
+        "  channel_order: bgr\n  scale: 1\n  interpolation: bicubic\n",
+        "x.yaml",
+    )
+    pre = spec.preprocess
+    assert pre is not None
+    assert pre.as_dict() == {
+        "resize": 288,
+        "crop": [240, 200],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.5],
+        "channel_order": "bgr",
+        "scale": 1.0,
+        "interpolation": "bicubic",
+    }
+    assert str(pre.locs["resize"]) == "x.yaml:5:11" and str(pre.locs["interpolation"]) == "x.yaml:11:18"
+
+
+def test_resize_null_and_extends_merge_the_preprocess_mapping(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("growth_rate: 12\nblocks: [4]\npreprocess: {std: [0.5, 0.5, 0.5]}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\npreprocess: {resize: null}\n")
+    pre = load_spec(tmp_path / "child.yaml").preprocess
+    assert pre is not None and pre.resize is None and pre.std == (0.5, 0.5, 0.5)
+    assert pre.mean == (0.485, 0.456, 0.406)
+
+
+def test_the_graph_carries_the_preprocess_as_a_plain_dict() -> None:
+    import json
+
+    graph = build_graph(load_spec(REPO / "specs" / "densenet121.yaml"))
+    pre = graph.graph["preprocess"]
+    assert json.loads(json.dumps(pre)) == pre
+    assert pre["resize"] == 256 and pre["crop"] == [224, 224]
