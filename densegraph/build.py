@@ -4,8 +4,9 @@ Stages: graph (spec -> connection graph), lower (PyTorch module, weights or seed
 check (shapes, ONNX checker), tile (for onnxruntime on the CPU: the graph in a loop over batch tiles sized to
 the cache, :func:`densegraph.export.passes.tile_batch`), verify (onnxruntime against the PyTorch eval module),
 fp16 or quantize (tiled after conversion), picture, and for ``--target tensorrt`` the engine. Everything is
-written to a temporary folder beside the output folder and moved into place at the end: a failed build leaves nothing behind, and a good build already in the folder
-survives a failed rebuild.
+written to a staging folder beside the output folder and moved into place at the end: a failed build leaves
+nothing behind, a good build already in the folder survives a failed rebuild, and a folder holding anything
+densegraph did not write is never replaced (:class:`densegraph._output.BuildOutput`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._io import umask
+from ._output import BuildOutput
 from .cost import batch_tile, totals
 from .data import load_data
-from .errors import BuildError, Loc
+from .errors import BuildError
 from .export.onnx import (
     check_onnx,
     check_opset,
@@ -45,11 +44,8 @@ from .export.onnx import (
 from .graph import build_graph
 from .manifest import (
     MANIFEST_FORMAT,
-    MANIFEST_NAME,
     file_sha256,
-    read_manifest,
     tool_versions,
-    write_manifest,
 )
 from .spec import load_spec
 
@@ -116,7 +112,7 @@ def run_build(args: argparse.Namespace) -> int:
         manifest["graph"] = {"file": GRAPH_NAME, "sha256": file_sha256(stage / GRAPH_NAME)}
         manifest["versions"] = tool_versions(*(("onnxconverter-common",) if args.precision == "fp16" else ()))
         if engine_options is None:
-            write_manifest(stage, manifest)
+            output.write_manifest(manifest)
             output.commit()
         else:
             # The engine is built in the final folder, so its sidecar and build_engine.sh name real paths; a
@@ -177,89 +173,6 @@ def _engine_options(args: argparse.Namespace) -> Any:
         hardware_compat=bool(args.hardware_compat),
         version_compat=bool(args.version_compat),
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the output folder
-
-
-class BuildOutput:
-    """The output folder, replaced as a whole: work in :attr:`path` (a temporary folder beside it), then
-    :meth:`commit`. An exception before the commit removes the temporary folder and leaves the folder as it
-    was. :meth:`swap` moves the new build into place but keeps the previous one aside until :meth:`commit`, so
-    a later failure still restores it.
-
-    Only an empty folder or one holding a densegraph build (its ``manifest.json``) is ever replaced.
-    """
-
-    def __init__(self, out: str | os.PathLike[str]) -> None:
-        self.out = Path(out)
-        self.path = self.out
-        self._old: Path | None = None
-        self._swapped = self._done = False
-
-    def __enter__(self) -> BuildOutput:
-        out = self.out
-        where = Loc(str(out))
-        if out.exists() and not out.is_dir():
-            raise BuildError("the output exists and is not a folder", loc=where, hint="choose another -o")
-        if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
-            raise BuildError(
-                f"the output folder is not empty and holds no densegraph build ({MANIFEST_NAME}): "
-                "not replacing it",
-                loc=where,
-                hint="choose another -o, or remove the folder",
-            )
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-            os.chmod(self.path, 0o777 & ~umask())
-        except OSError as exc:
-            reason = (
-                "is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
-            )
-            raise BuildError(
-                f"cannot create the output folder: {exc.filename or out.parent}: {reason}",
-                loc=where,
-                hint="choose a folder you can write to with -o",
-            ) from None
-        return self
-
-    def swap(self) -> None:
-        """Move the new build to the output path; the previous one stays aside until :meth:`commit`."""
-        staged = self.path
-        if self.out.exists():
-            self._old = staged.with_suffix(".old")
-            os.rename(self.out, self._old)
-        try:
-            os.rename(staged, self.out)
-        except OSError:
-            if self._old is not None:
-                os.rename(self._old, self.out)
-                self._old = None
-            raise
-        self.path, self._swapped = self.out, True
-
-    def commit(self) -> None:
-        """Make the new build the output for good."""
-        if not self._swapped:
-            self.swap()
-        if self._old is not None:
-            shutil.rmtree(self._old, ignore_errors=True)
-            self._old = None
-        self._done = True
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._done:
-            return
-        shutil.rmtree(self.path, ignore_errors=True)  # the staged build, or the swapped-in new one
-        if self._old is not None:
-            os.rename(self._old, self.out)
-        if isinstance(exc, OSError):  # a full disk, a folder that turned read-only: the user's to fix
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise BuildError(
-                f"I/O error during the build: {exc.strerror or exc}{where}", loc=Loc(str(self.out))
-            ) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -471,7 +384,7 @@ def _engine(output: BuildOutput, options: Any, manifest: dict[str, Any], stages:
         except TensorRTUnavailable as exc:
             # The ONNX and build_engine.sh are the deliverable for the device: keep them, then report.
             manifest["engine"] = {"built": False, "script": "build_engine.sh", "reason": exc.message}
-            write_manifest(folder, manifest)
+            output.write_manifest(manifest, later=_written_by_script(options))
             output.commit()
             raise
     manifest["engine"] = {
@@ -483,8 +396,19 @@ def _engine(output: BuildOutput, options: Any, manifest: dict[str, Any], stages:
         "gpu": result["gpu"],
         "verification": result.get("verification", {}).get("summary"),
     }
-    write_manifest(folder, manifest)
+    output.write_manifest(manifest)
     output.commit()
+
+
+def _written_by_script(options: Any) -> list[str]:
+    """The files ``build_engine.sh`` writes into the build folder on the device (the manifest claims them)."""
+    from .export.tensorrt import sidecar_path
+
+    engine = Path(MODEL_NAME).with_suffix(".engine").name
+    names = [engine, sidecar_path(engine).name]
+    if options.timing_cache is not None:
+        names.append(Path(options.timing_cache).name)
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------------

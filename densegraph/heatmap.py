@@ -107,7 +107,7 @@ def heatmap_json(maps: list[BlockHeatmap], **meta: Any) -> dict[str, Any]:
 
 def run_heatmap(args: argparse.Namespace) -> int:
     """``densegraph heatmap SPEC --weights W -o FIG.png [--json]``."""
-    from ._io import write_atomic
+    from ._io import output_file, write_atomic
     from .lower.torch import graph_of, to_torch
     from .lower.weights import load_weights
     from .viz import draw_heatmap
@@ -115,6 +115,8 @@ def run_heatmap(args: argparse.Namespace) -> int:
     figure = Path(args.output)
     if not figure.parent.is_dir():
         raise DensegraphError("the output folder does not exist", loc=Loc(str(figure.parent)))
+    for target in (figure, figure.with_suffix(".json")) if args.json else (figure,):
+        output_file(target)  # a device or a folder in the way: refused before the figure is drawn
     graph = graph_of(args.spec)
     module = to_torch(graph)
     load_weights(module, args.weights, model_name=args.spec)

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import file_sha256, write_atomic
+from ._io import OutputError, file_sha256, output_file, write_atomic
+from ._output import refuse_overwrite
 from .data import Dataset, data_loader, load_data
 from .errors import CheckpointError, DataError, DensegraphError, Loc
 from .graph import graph_of, graph_sha256
@@ -256,6 +257,61 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     write_atomic(path, lambda f: f.write(text))
 
 
+def _check_run_files(run: Path, files: tuple[Path, ...], *, resume: bool, graph_sha: str) -> None:
+    """Refuse, before any work, to overwrite a file of the run folder that this run did not write.
+
+    A new run writes ``last.pt``, ``best.pt`` and ``metrics.csv`` into a folder that has none of them; a resumed
+    one replaces them only when they are this run's (checkpoints of this network, the metrics table). Each is
+    a regular file or nothing (never a device, a FIFO or a folder).
+    """
+    if not run.is_dir():
+        return  # a new folder, or something in the way that _check_writable names
+    for path in files:
+        output_file(path)
+    last, best, metrics = files
+    if not resume:
+        refuse_overwrite(
+            (best, metrics),
+            where=str(run),
+            why="the run folder holds files a new run would overwrite",
+            hint="move them out of the folder, or choose another -o",
+        )
+        return
+    if best.exists() and not _is_run_checkpoint(best, graph_sha):
+        raise OutputError(
+            "--resume would overwrite best.pt, which is no checkpoint of this run",
+            loc=Loc(str(best)),
+            hint="move it out of the run folder",
+        )
+    if metrics.exists() and not _is_metrics_table(metrics):
+        raise OutputError(
+            "--resume would overwrite metrics.csv, which is no metrics table of densegraph train",
+            loc=Loc(str(metrics)),
+            hint="move it out of the run folder",
+        )
+
+
+def _is_run_checkpoint(path: Path, graph_sha: str) -> bool:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # whatever it is, it is not ours
+        return False
+    return (
+        isinstance(ckpt, dict)
+        and ckpt.get("format") == CHECKPOINT_FORMAT
+        and ckpt.get("graph_sha256") == graph_sha
+    )
+
+
+def _is_metrics_table(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline(4096).rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header == ",".join(METRICS_COLUMNS)
+
+
 def _check_writable(run: Path) -> None:
     """Refuse a run folder that cannot be created or written, before anything is created."""
     probe = run
@@ -418,12 +474,13 @@ def train(
                 f"note: the run was planned for {recorded['epochs']} epochs, now {epochs}; the lr schedule stays"
             )
         epochs = epochs if epochs is not None else recorded["epochs"]
-    elif last_path.exists():
+    elif last_path.exists() or last_path.is_symlink():
         raise DensegraphError(
             "the run folder already holds a run (last.pt)",
             loc=Loc(str(run)),
             hint="add --resume to continue it, or choose another -o",
         )
+    _check_run_files(run, (last_path, best_path, metrics_path), resume=resume, graph_sha=graph_sha)
     epochs = DEFAULT_EPOCHS if epochs is None else epochs
     if threads is not None and threads < 0:
         raise DensegraphError(f"--threads must be 0 (all cores) or positive, got {threads}")

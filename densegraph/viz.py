@@ -17,7 +17,6 @@ the previous file alone. matplotlib (and numpy) are imported only when a figure 
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -94,28 +93,9 @@ def _suffix_text(suffix: str) -> str:
 
 
 def _write_atomic(target: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Run ``write`` on a temporary file next to ``target``, then rename it to ``target``."""
-    folder = target.parent
-    if not folder.is_dir():
-        raise DensegraphError(
-            f"the folder {str(folder)!r} does not exist",
-            loc=Loc(str(target)),
-            hint="create the folder first or choose another output path",
-        )
-    try:
-        write_atomic(target, write)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the temporary file could not be made
-            raise DensegraphError(
-                f"cannot write in the folder {str(folder)!r}: {exc.strerror or exc}",
-                loc=Loc(str(target)),
-                hint="choose a folder you can write to",
-            ) from None
-        raise DensegraphError(
-            f"cannot write the file: {exc.strerror or exc}",
-            loc=Loc(str(target)),
-            hint="check that the path is not a folder and that the disk is not full",
-        ) from None
+    """Run ``write`` on a temporary file next to ``target``, then rename it to ``target`` (a user's mistake in
+    the path, a full disk: one-line :class:`~densegraph._io.OutputError`)."""
+    write_atomic(target, write)
 
 
 # ---------------------------------------------------------------------------------------------------------
