@@ -553,3 +553,14 @@ def test_swap_and_restore_keep_one_whole_build(
         assert (out / "model.onnx").read_bytes() == b"third"
         raise RuntimeError("engine failed")
     assert snapshot(tmp_path) == before and (out / "model.onnx").read_bytes() == b"second"
+
+
+def test_a_file_output_through_a_link_writes_where_it_points(tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    real.write_text("an earlier graph")
+    link = tmp_path / "g.json"
+    link.symlink_to(real)
+    done = cli("graph", TINY, "-o", link)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and json.loads(real.read_text())["graph"]["name"] == "torchvision-tiny"
+    assert sorted(os.listdir(tmp_path)) == ["g.json", "real.json"]
