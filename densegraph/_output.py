@@ -35,7 +35,14 @@ from ._io import OutputError, file_kind, file_sha256, umask
 from .errors import DensegraphError, Loc
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
 
-__all__ = ["BuildOutput", "STAGING_MARKER", "foreign_entries", "sweep_stale_staging", "refuse_overwrite"]
+__all__ = [
+    "BuildOutput",
+    "STAGING_MARKER",
+    "foreign_entries",
+    "owned_files",
+    "refuse_overwrite",
+    "sweep_stale_staging",
+]
 
 STAGING_MARKER = ".densegraph-staging"
 _SHOWN = 5  # names listed in a refusal before "and N more"
@@ -104,6 +111,15 @@ def _check_replaceable(out: Path, shown: str) -> None:
     if not foreign and not changed:
         return
     where = Loc(shown)
+    if read_manifest(out) is None and _stale(out):  # killed after the swap, in the engine build
+        previous = [p.name for p in _staging_folders(out) if _same_marker(p, out)]
+        raise OutputError(
+            "the output folder holds a build that was interrupted before its manifest was written: not "
+            "replacing it"
+            + (f" (the previous build is in {_listing(previous)} beside it)" if previous else ""),
+            loc=where,
+            hint="remove the folder (or move the previous build back) and build again",
+        )
     if read_manifest(out) is None:
         raise OutputError(
             f"the output folder is not empty and holds no densegraph build ({MANIFEST_NAME}): not replacing "
@@ -176,6 +192,30 @@ def _stale(folder: Path) -> bool:
     return start is not None and now is not None and now != start  # the pid was reused
 
 
+def _staging_folders(out: Path) -> list[Path]:
+    """The folders beside ``out`` named as its staging folders are (``.NAME.*.tmp`` or ``.old``)."""
+    try:
+        siblings = sorted(out.parent.iterdir())
+    except OSError:
+        return []
+    prefix = f".{out.name}."
+    return [
+        path
+        for path in siblings
+        if path.name.startswith(prefix)
+        and path.name.endswith((".tmp", ".old"))
+        and not path.is_symlink()
+        and path.is_dir()
+    ]
+
+
+def _same_marker(a: Path, b: Path) -> bool:
+    try:
+        return (a / STAGING_MARKER).read_bytes() == (b / STAGING_MARKER).read_bytes()
+    except OSError:
+        return False
+
+
 def sweep_stale_staging(out: Path) -> list[Path]:
     """Remove the staging folders of ``out`` (``.NAME.*.tmp`` or ``.old`` beside it) left by killed densegraph
     processes.
@@ -183,16 +223,7 @@ def sweep_stale_staging(out: Path) -> list[Path]:
     Returns what was removed. Only folders with densegraph's marker of a dead process of this host go.
     """
     removed = []
-    try:
-        siblings = list(out.parent.iterdir())
-    except OSError:
-        return removed
-    prefix = f".{out.name}."
-    for path in siblings:
-        name = path.name
-        ours = name.startswith(prefix) and name.endswith((".tmp", ".old"))
-        if not ours or path.is_symlink() or not path.is_dir():
-            continue
+    for path in _staging_folders(out):
         if _stale(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

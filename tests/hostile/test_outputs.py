@@ -564,3 +564,18 @@ def test_a_file_output_through_a_link_writes_where_it_points(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert link.is_symlink() and json.loads(real.read_text())["graph"]["name"] == "torchvision-tiny"
     assert sorted(os.listdir(tmp_path)) == ["g.json", "real.json"]
+
+
+def test_a_build_killed_after_the_swap_is_not_replaced_blindly(build_copy: Path, tmp_path: Path) -> None:
+    """Killed during the engine build (after the swap): the output has no manifest, the previous build waits
+    beside it under the same marker; neither is touched, and the line says where the previous build is."""
+    marker = json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "start": None})
+    previous = tmp_path / ".out.killed01.tmp"
+    shutil.move(build_copy, previous)
+    (previous / STAGING_MARKER).write_text(marker)
+    build_copy.mkdir()
+    (build_copy / "model.onnx").write_bytes(b"the new model")
+    (build_copy / STAGING_MARKER).write_text(marker)
+    before = snapshot(tmp_path)
+    line = refused(before, (tmp_path,), cli("build", TINY, "-o", build_copy), names=build_copy)
+    assert "interrupted" in line and previous.name in line
