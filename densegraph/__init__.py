@@ -1,7 +1,8 @@
 """densegraph: a compiler for densely connected networks.
 
 YAML spec -> :func:`load_spec` -> :func:`build_graph` (a networkx connection graph with exact cost) -> backends
-(``densegraph.lower.torch``, ``densegraph.export.onnx``, ``densegraph.export.tensorrt``). Importing this package
+(``densegraph.lower.torch``, ``densegraph.export.onnx``, ``densegraph.export.tensorrt``); :func:`build` makes a
+verified model folder (:mod:`densegraph.builder`). Importing this package
 imports neither torch, onnx, onnxruntime nor tensorrt; the backends are loaded on first use.
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "check_graph",
     "to_torch",
     "freeze",
+    "build",
     "__version__",
 ]
 
@@ -43,3 +45,12 @@ def freeze(module: Any, **kwargs: Any) -> Any:
     from .lower.torch import freeze as _freeze
 
     return _freeze(module, **kwargs)
+
+
+def build(spec: Any, **options: Any) -> Any:
+    """Build a spec into a verified ONNX model folder; returns a :class:`~densegraph.builder.BuildResult`
+    (keywords: :class:`~densegraph.builder.BuildOptions`' fields and ``progress``; see
+    :func:`densegraph.builder.build`)."""
+    from .builder import build as _build
+
+    return _build(spec, **options)

@@ -97,6 +97,89 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .builder import BuildOptions, build_model
+
+    options = BuildOptions(
+        output=args.output,
+        weights=args.weights,
+        precision=args.precision,
+        target=args.target,
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        batch=tuple(args.batch),
+        opset=args.opset,
+        plain=args.plain,
+        batch_tile=args.batch_tile,
+        seed=args.seed,
+        labels=args.labels,
+        workspace=args.workspace,
+        dla=args.dla,
+        timing_cache=args.timing_cache,
+        hardware_compat=args.hardware_compat,
+        version_compat=args.version_compat,
+    )
+    with _StageDisplay() as display:
+        result = build_model(args.spec, options, progress=display)
+    print(result.summary())
+    return 0
+
+
+class _StageDisplay:
+    """Build stages on stderr as they run (a terminal only: a spinner, then a line per stage); on a pipe or a
+    file nothing shows until the final line."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.live = self.console.is_terminal
+        self._status: Any = None
+
+    def __enter__(self) -> _StageDisplay:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def __call__(self, event: Any) -> None:
+        if not self.live:
+            return
+        name, what = event.stage, event.what
+        if event.state == "start":
+            self._stop()
+            self._status = self.console.status(f"[bold]{name}[/] {what}", spinner="dots")
+            self._status.start()
+        elif event.state == "note":
+            if self._status is not None:
+                self._status.update(f"[bold]{name}[/] {what}")
+        else:
+            self._stop()
+            mark = "[green]✓[/]" if event.state == "done" else "[red]✗[/]"
+            took = f" [dim]({event.seconds:.1f} s)[/]" if event.state == "done" else ""
+            self.console.print(f"{mark} [bold]{name:<8}[/] {what}{took}")
+
+
+def _cmd_locate(args: argparse.Namespace) -> int:
+    from .locate import locate_name
+
+    found = locate_name(args.model, args.name)
+    if args.json:
+        print(json.dumps([{"name": f.name, "node": f.node, "loc": f.loc} for f in found]))
+        return 0
+    if not found:
+        print(f"{args.name}: no graph node of {args.model} has that name", file=sys.stderr)
+        return 1
+    for f in found:
+        print(f"{f.loc}: {f.node} ({f.name})")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the stages that need a backend: imported on use
 
@@ -174,7 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="TensorRT engine that also runs on later TensorRT versions",
     )
-    p.set_defaults(func=_lazy(".build", "run_build"))
+    p.add_argument(
+        "--labels", metavar="FILE", help="class names (one a line, or a JSON list) for the model's metadata"
+    )
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser(
+        "locate", help="map an ONNX or TensorRT layer name back to its graph node and spec line"
+    )
+    p.add_argument("model", metavar="MODEL.onnx|BUILD_DIR|SPEC")
+    p.add_argument("name", metavar="NAME", help="a node, tensor or layer name (a fused TensorRT name too)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=_cmd_locate)
 
     p = sub.add_parser("engine", help="build a TensorRT engine from an ONNX model (on the target device)")
     p.add_argument("onnx", metavar="MODEL.onnx")

@@ -83,7 +83,12 @@ def test_build_writes_model_manifest_and_picture(good_build: Path) -> None:
     from densegraph.train import graph_sha256
 
     graph = build_graph(load_spec(TINY_SPEC))
-    assert sorted(p.name for p in good_build.iterdir()) == ["graph.svg", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in good_build.iterdir()) == [
+        "MODEL.md",
+        "graph.svg",
+        "manifest.json",
+        "model.onnx",
+    ]
     manifest = json.loads((good_build / "manifest.json").read_text())
     assert manifest["format"] == "densegraph.build/1"
     assert manifest["spec"] == {
@@ -106,6 +111,103 @@ def test_build_writes_model_manifest_and_picture(good_build: Path) -> None:
     parity = manifest["parity"]["fp32"]
     assert parity["passed"] and parity["batches"] == [1, 3] and parity["max_abs_err"] <= 1e-4
     assert set(manifest["versions"]) >= {"densegraph", "torch", "onnx", "onnxruntime"}
+
+
+def test_built_model_is_named_after_the_graph_and_describes_itself(good_build: Path) -> None:
+    from densegraph import build_graph, load_spec
+    from densegraph.train import graph_sha256
+
+    model = onnx.load(good_build / "model.onnx")
+    names = [n.name for n in model.graph.node]
+    assert names[:3] == ["features.conv0", "features.relu0", "features.pool0"]  # norm0 folded into conv0
+    assert "features.denseblock2.denselayer3.concat" in names and "features.transition1.pool" in names
+    assert names.index("features.transition1.pool") < names.index("features.transition1.conv")  # swapped
+    assert names[-1] == "classifier" and model.graph.node[-1].output[0] == "logits"
+    for node in model.graph.node:  # a node's output value is named as the node
+        assert node.output[0] in (node.name, "logits")
+    initializers = {t.name for t in model.graph.initializer}
+    assert {"features.conv0.weight", "features.conv0.bias", "classifier.weight"} <= initializers
+    assert "features.denseblock1.denselayer1.norm1.running_var" in initializers
+    props = {p.key: p.value for p in model.metadata_props}
+    graph = build_graph(load_spec(TINY_SPEC))
+    assert props["densegraph.spec"] == "torchvision-tiny" and props["densegraph.classes"] == "10"
+    assert props["densegraph.spec_sha256"] == sha256(TINY_SPEC)
+    assert props["densegraph.graph_sha256"] == graph_sha256(graph)
+    assert props["densegraph.params"] == "26298" and int(props["densegraph.macs"]) > 0
+    assert "densegraph.labels" not in props
+    preprocess = json.loads(props["densegraph.preprocess"])
+    assert preprocess["input_size"] == [3, 64, 64] and preprocess["mean"] == [0.485, 0.456, 0.406]
+    assert [p.key for p in model.metadata_props] == sorted(props)
+    card = (good_build / "MODEL.md").read_text()
+    manifest = json.loads((good_build / "manifest.json").read_text())
+    assert manifest["card"]["sha256"] == sha256(good_build / "MODEL.md")
+    assert card.startswith("# torchvision-tiny\n") and manifest["model"]["sha256"] in card
+    assert f"densegraph build {TINY_SPEC} --weights {WEIGHTS} -o OUT" in card
+    assert manifest["command"] == f"densegraph build {TINY_SPEC} --weights {WEIGHTS} -o OUT"
+
+
+def test_locate_maps_onnx_and_tensorrt_names_to_spec_lines(
+    capsys: pytest.CaptureFixture[str], good_build: Path
+) -> None:
+    from densegraph import build_graph, load_spec
+
+    graph = build_graph(load_spec(TINY_SPEC))
+    layer = graph.nodes["block2.layer3"]["loc"]
+    model = str(good_build / "model.onnx")
+    assert main(["locate", model, "features.denseblock2.denselayer3.conv1"]) == 0
+    assert capsys.readouterr().out == f"{layer}: block2.layer3 (features.denseblock2.denselayer3)\n"
+    fused = "features.denseblock1.denselayer1.conv1 + features.denseblock1.denselayer1.relu2"
+    assert main(["locate", str(good_build), fused, "--json"]) == 0
+    (found,) = json.loads(capsys.readouterr().out)
+    assert found["node"] == "block1.layer1"
+    for name, node in (
+        ("classifier", "head"),
+        ("features.norm5_output_0_QuantizeLinear", "head"),  # an int8 tensor name
+        ("features.conv0", "stem"),
+        ("features.transition1.pool_kernel_time", "transition1"),  # an onnxruntime profile entry
+    ):
+        assert main(["locate", model, name, "--json"]) == 0
+        assert [f["node"] for f in json.loads(capsys.readouterr().out)] == [node], name
+    assert main(["locate", model, "/conv1_3/Conv"]) == 1  # a TorchScript-era name: no node has it
+    assert "no graph node" in capsys.readouterr().err
+    assert main(["locate", TINY_SPEC, "features.transition1.conv"]) == 0
+    assert capsys.readouterr().out.startswith(graph.nodes["transition1"]["loc"])
+    assert main(["locate", str(good_build / "graph.svg"), "classifier"]) == 2
+    assert "not an ONNX model" in capsys.readouterr().err
+
+
+def test_python_api_builds_reports_progress_and_prints_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good_build: Path
+) -> None:
+    import densegraph
+
+    events: list[Any] = []
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"digit {i}\n" for i in range(10)))
+    result = densegraph.build(
+        TINY_SPEC, output=tmp_path / "api", weights=WEIGHTS, labels=str(labels), progress=events.append
+    )
+    assert capsys.readouterr() == ("", "")
+    assert result.model == tmp_path / "api" / "model.onnx" and result.parity["fp32"]["passed"]
+    assert result.manifest == json.loads(result.manifest_path.read_text())
+    assert result.summary().startswith(f"built {tmp_path / 'api'}/: model.onnx (fp32, opset 19")
+    stages = [e.stage for e in events if e.state == "done"]
+    assert stages[:3] == ["graph", "lower", "emit"] and "verify" in stages and stages[-1] == "card"
+    assert all(e.seconds is not None and e.seconds >= 0 for e in events if e.state == "done")
+    props = {p.key: p.value for p in onnx.load(result.model).metadata_props}
+    assert json.loads(props["densegraph.labels"]) == [f"digit {i}" for i in range(10)]
+    assert "digit 9" in result.card.read_text()
+    # the same graph and weights give the same tensors and names, whatever the labels
+    plain = onnx.load(good_build / "model.onnx")
+    assert onnx.load(result.model).graph == plain.graph
+    labels.write_text("one\ntwo\n")
+    with pytest.raises(BuildError, match="2 labels for a model with 10 classes"):
+        densegraph.build(TINY_SPEC, output=tmp_path / "bad", labels=str(labels))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(TypeError, match="unexpected options"):
+        densegraph.build(TINY_SPEC, output=tmp_path / "bad", precison="fp16")
+    with pytest.raises(BuildError, match="unknown precision 'fp8'"):
+        densegraph.build(TINY_SPEC, output=tmp_path / "bad", precision="fp8")
 
 
 @pytest.mark.parametrize("weights", [WEIGHTS, LEGACY_WEIGHTS], ids=["current-keys", "legacy-keys"])
@@ -197,7 +299,7 @@ def test_fp16_build(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         onnx.TensorProto.FLOAT16,
         onnx.TensorProto.INT64,
     }
-    assert sorted(p.name for p in out.iterdir()) == ["graph.svg", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL.md", "graph.svg", "manifest.json", "model.onnx"]
 
 
 @pytest.mark.slow
@@ -229,7 +331,7 @@ def test_int8_build_of_a_trained_model_keeps_top1(capsys: pytest.CaptureFixture[
     assert (
         any(n.op_type == "QuantizeLinear" for n in model.graph.node) and model.producer_name == "densegraph"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["graph.svg", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL.md", "graph.svg", "manifest.json", "model.onnx"]
 
 
 def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -441,6 +543,7 @@ def test_tensorrt_target_without_tensorrt_keeps_the_onnx_and_script(
     assert err.count("\n") == 1 and "no TensorRT engine built: no CUDA GPU is visible" in err
     assert ".tmp" not in err and str(out / "build_engine.sh") in err
     assert sorted(p.name for p in out.iterdir()) == [
+        "MODEL.md",
         "build_engine.sh",
         "graph.svg",
         "manifest.json",

@@ -8,12 +8,14 @@ Contenders (all fp32 unless said; the same weights: seeded init with non-trivial
 
 - ``eager plain``: ``to_torch(spec)`` in eval mode; ``eager frozen``: ``freeze(module)``;
 - ``ort plain``: onnxruntime on a plain ``torch.onnx.export`` of the unrewritten module (opset 19);
-- ``ort densegraph``: onnxruntime on densegraph's ONNX as ``densegraph build`` makes it
-  (``onnx_from_module(freeze(m, for_export=True))``, then ``tile_batch`` with the tile ``build`` picks);
-  ``ort untiled``: the same model without the batch tiling (what ``--batch-tile off`` builds);
+- ``ort densegraph``: onnxruntime on densegraph's ONNX as ``densegraph build`` makes it (emitted from the graph
+  with ``EXPORT_PASSES``: :func:`densegraph.export.emit.onnx_from_graph`, then ``tile_batch`` with the tile
+  ``build`` picks); ``ort untiled``: the same model without the batch tiling (what ``--batch-tile off`` builds);
+- ``ort traced`` (with ``--traced``): ``torch.onnx.export`` of ``freeze(m, for_export=True)``, untiled: the same
+  rewrites traced by the TorchScript exporter, as densegraph made its ONNX before it emitted it from the graph;
 - ``ort int8 cpu`` / ``ort int8 qdq``: :func:`densegraph.export.quantize.quantize_onnx` of densegraph's ONNX,
-  ``form="cpu"`` (what ``--precision int8`` builds for onnxruntime, tiled as ``build`` tiles it) and
-  ``form="qdq"`` (the TensorRT form, untiled),
+  ``form="cpu"`` (emitted with ``INT8_CPU_PASSES``: what ``--precision int8`` builds for onnxruntime, tiled as
+  ``build`` tiles it) and ``form="qdq"`` (the TensorRT form, untiled),
   calibrated on ``--calib-samples`` standard-normal images (speed only: the weights are random anyway).
 
 Within a batch size, rounds alternate the contenders: the PyTorch pair and the onnxruntime group each run
@@ -62,6 +64,7 @@ BASELINES = {
     "ort plain": "ort plain",
     "ort densegraph": "ort plain",
     "ort untiled": "ort plain",
+    "ort traced": "ort untiled",
     "ort int8 cpu": "ort densegraph",
     "ort int8 qdq": "ort densegraph",
 }
@@ -234,9 +237,10 @@ def _digits(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     import torch
 
     from densegraph.data import load_data
-    from densegraph.export.onnx import onnx_from_module, ort_session, run_onnx, save_onnx
+    from densegraph.export.onnx import ort_session, run_onnx
     from densegraph.export.quantize import quantize_onnx
-    from densegraph.lower.torch import freeze, to_torch
+    from densegraph.lower.torch import to_torch
+    from densegraph.passes import EXPORT_PASSES, INT8_CPU_PASSES
 
     spec = Path(__file__).resolve().parents[1] / "specs" / "digits.yaml"
     weights = args.digits_weights
@@ -257,7 +261,8 @@ def _digits(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     module.eval()
     shape = tuple(module.input_shape)
     fp32 = scratch / "digits.fp32.onnx"
-    save_onnx(onnx_from_module(freeze(module, for_export=True), shape, scratch / "digits.export.onnx"), fp32)
+    _emit(module, EXPORT_PASSES, fp32)
+    _emit(module, INT8_CPU_PASSES, scratch / "digits.fp32.cpu.onnx")
     train_split = load_data("digits", shape, split="train")
     val = load_data("digits", shape, split="val")
     calib = train_split.x[np.random.default_rng(0).permutation(len(train_split))[: args.digits_calib]]
@@ -269,7 +274,7 @@ def _digits(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     result["fp32_top1"] = round(top1(fp32), 2)
     for form in ("cpu", "qdq"):
         path = scratch / f"digits.int8.{form}.onnx"
-        quantize_onnx(fp32, path, calib, form=form)
+        quantize_onnx(scratch / "digits.fp32.cpu.onnx" if form == "cpu" else fp32, path, calib, form=form)
         result[f"int8_{form}_top1"] = round(top1(path), 2)
         result[f"int8_{form}_drop"] = round(result["fp32_top1"] - result[f"int8_{form}_top1"], 2)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -300,6 +305,9 @@ def _arguments() -> argparse.Namespace:
         "--batch-tile", default="auto", help="auto|off|N: densegraph's batch tile, as `densegraph build`"
     )
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 contenders")
+    parser.add_argument(
+        "--traced", action="store_true", help="also the TorchScript trace of the frozen module (ort traced)"
+    )
     parser.add_argument("--digits", action="store_true", help="also score int8 top-1 on digits")
     parser.add_argument("--digits-weights", type=Path, default=None, help="a digits checkpoint (else train)")
     parser.add_argument("--digits-epochs", type=int, default=6)
@@ -311,9 +319,18 @@ def _arguments() -> argparse.Namespace:
 
 def _tile_of(graph: Any, args: argparse.Namespace, precision: str) -> int | None:
     """The batch tile ``densegraph build --precision PRECISION --batch-tile ...`` picks (default --batch)."""
-    from densegraph.build import choose_batch_tile
+    from densegraph.builder import choose_batch_tile
 
     return choose_batch_tile(graph, args.batch_tile, precision=precision)
+
+
+def _emit(module: Any, passes: Any, path: Path) -> None:
+    """densegraph's fp32 ONNX of ``module``, emitted from its graph with ``passes``."""
+    from densegraph.export.emit import onnx_from_graph
+    from densegraph.export.onnx import check_onnx, save_onnx
+
+    model, _ = onnx_from_graph(module.graph, module.state_dict(), passes=passes, opset=19)
+    save_onnx(check_onnx(model), path)
 
 
 def _tiled(source: Path, target: Path, tile: int | None) -> None:
@@ -330,17 +347,16 @@ def _prepare_onnx(
     plain: Any, graph: Any, shape: tuple[int, ...], folder: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Write the ONNX contenders; returns their paths, preparation times, tiles and the quantizer's reports."""
-    from densegraph.export.onnx import onnx_from_module, save_onnx
     from densegraph.export.quantize import quantize_onnx
     from densegraph.lower.torch import freeze
+    from densegraph.passes import EXPORT_PASSES, INT8_CPU_PASSES
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     _plain_export(plain, shape, folder / "plain.onnx")
     seconds["export_plain"] = time.perf_counter() - start
     start = time.perf_counter()
-    exported = onnx_from_module(freeze(plain, for_export=True), shape, folder / "export.onnx", check=False)
-    save_onnx(exported, folder / "untiled.onnx")
+    _emit(plain, EXPORT_PASSES, folder / "untiled.onnx")
     tiles = {"fp32": _tile_of(graph, args, "fp32"), "int8": _tile_of(graph, args, "int8")}
     _tiled(folder / "untiled.onnx", folder / "densegraph.onnx", tiles["fp32"])
     seconds["export_densegraph"] = time.perf_counter() - start
@@ -351,17 +367,25 @@ def _prepare_onnx(
     }
     if not tiles["fp32"]:
         del paths["ort untiled"]
+    if args.traced:
+        start = time.perf_counter()
+        _plain_export(freeze(plain, for_export=True), shape, folder / "traced.onnx")
+        seconds["export_traced"] = time.perf_counter() - start
+        paths["ort traced"] = folder / "traced.onnx"
+        BASELINES["ort traced"] = "ort untiled" if "ort untiled" in paths else "ort densegraph"
     reports: dict[str, Any] = {}
     if not args.no_int8:
         calib = np.random.default_rng(0).standard_normal((args.calib_samples, *shape), dtype=np.float32)
+        _emit(plain, INT8_CPU_PASSES, folder / "untiled.cpu.onnx")
         for form in ("cpu", "qdq"):
             start = time.perf_counter()
             path = folder / f"int8.{form}.onnx"
-            info = quantize_onnx(folder / "untiled.onnx", path, calib, form=form)
+            source = folder / ("untiled.cpu.onnx" if form == "cpu" else "untiled.onnx")
+            info = quantize_onnx(source, path, calib, form=form)
             if form == "cpu":
                 _tiled(path, path, tiles["int8"])
             seconds[f"quantize_{form}"] = time.perf_counter() - start
-            reports[form] = {k: info[k] for k in ("rewrites", "quantized_nodes", "reduce_range")}
+            reports[form] = {k: info[k] for k in ("quantized_nodes", "reduce_range")}
             paths[f"ort int8 {form}"] = path
     return {
         "paths": paths,

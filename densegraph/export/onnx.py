@@ -1,20 +1,17 @@
-"""ONNX export of a lowered module: a checked, reproducible ``ModelProto`` and its parity checks.
+"""ONNX models of the connection graph: checked, reproducible ``ModelProto`` s and their parity checks.
 
-:func:`onnx_from_module` exports an eval-mode module with the TorchScript exporter (``dynamo=False``: it is
-deterministic, quiet, and exports the frozen DenseNet-169 in 14 s where the dynamo exporter took 54 s on two
-busy cores, printing its progress, for an equivalent graph). The model has one input ``images``
-``[batch, C, H, W]`` and one output ``logits`` ``[batch, classes]`` (``batch`` a named dynamic axis),
-BatchNorm in inference form (folded into a preceding conv where the exporter can, a ``BatchNormalization``
-node otherwise), shapes inferred and ``onnx.checker.check_model(full_check=True)`` passed. The same module
-gives the same bytes: no timestamps, the producer is this package, node names are made unique in a fixed
-order.
+The model is emitted straight from the graph (:mod:`densegraph.export.emit`: each node's op list after the
+passes of :mod:`densegraph.passes`, plus a state_dict); nothing is traced. :func:`onnx_from_module` emits a
+lowered module (a :class:`~densegraph.lower.torch.GraphModule` as it is, a frozen one with its rewrites). The
+model has one input ``images`` ``[batch, C, H, W]`` and one output ``logits`` ``[batch, classes]`` (``batch`` a
+named dynamic axis), names from the graph (torchvision's module paths), shapes inferred and
+``onnx.checker.check_model(full_check=True)`` passed. The same graph and tensors give the same bytes.
 
 :func:`fp16_from_onnx` makes the fp16 model (float16 weights and compute, float32 ``images``/``logits``) with
-onnxconverter-common, after turning each BatchNormalization no conv absorbed into a depthwise 1x1 conv whose
-weights are computed in float32 (:func:`densegraph.export.passes.batchnorm_to_conv`: cast as they are, large
-running variances would be clamped to fp16's range). :func:`verify_outputs` runs a model in
-onnxruntime on the CPU and compares it with reference outputs, :func:`verify_int8` holds int8 logits to fp32
-ones: the parity gates of ``densegraph build``.
+onnxconverter-common from a model emitted with :data:`densegraph.passes.FP16_PASSES` (every BatchNormalization
+a depthwise conv whose weights were computed in float64: cast as they are, large running variances would be
+clamped to fp16's range). :func:`verify_outputs` runs a model in onnxruntime on the CPU and compares it with
+reference outputs, :func:`verify_int8` holds int8 logits to fp32 ones: the parity gates of ``densegraph build``.
 
 torch, onnx and onnxruntime are imported inside the functions that need them.
 """
@@ -46,8 +43,11 @@ __all__ = [
     "MIN_OPSET",
     "MAX_OPSET",
     "TOLERANCES",
+    "METADATA_PREFIX",
     "check_opset",
+    "check_size",
     "onnx_from_module",
+    "set_metadata",
     "check_onnx",
     "stamp",
     "save_onnx",
@@ -68,11 +68,10 @@ OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 DEFAULT_OPSET = 19  # parsed by TensorRT 10 and 11 alike
 # 13: the first opset with per-channel QuantizeLinear/DequantizeLinear (the int8 Q/DQ form TensorRT needs);
-# 21: the last our ops are unchanged in. The TorchScript exporter writes up to 20; 21 is converted from 20 by
-# ONNX's own version converter.
+# 21: the last our ops are unchanged in.
 MIN_OPSET = 13
 MAX_OPSET = 21
-_EXPORTER_MAX_OPSET = 20
+METADATA_PREFIX = "densegraph."  # metadata_props keys densegraph writes (see densegraph.describe)
 # The parity gate: fp32 max |ort - torch| <= 1e-4; fp16 max |ort - torch| <= 1e-2 * max |torch|; int8 against
 # the fp32 model: logits SQNR >= 10 dB (each sample's mean logit removed) and, with labels, top-1 at most 5
 # points lower. Top-1 agreement is reported but not gated: an untrained model's logits are near ties that int8
@@ -95,56 +94,39 @@ def check_opset(opset: int) -> None:
 
 def onnx_from_module(
     module: torch.nn.Module,
-    input_shape: Sequence[int],
-    path: str | os.PathLike[str],
     *,
     opset: int = DEFAULT_OPSET,
-    name: str = "model",
+    name: str | None = None,
     doc: str = "",
+    metadata: dict[str, str] | None = None,
     check: bool = True,
 ) -> onnx.ModelProto:
-    """Export ``module`` (put in eval mode) for ``[batch, *input_shape]`` inputs; returns the model.
-
-    ``path`` is the exporter's scratch file; write the final bytes with :func:`save_onnx`. ``check=False``
-    leaves :func:`check_onnx` (shape inference and the full checker) to the caller.
-    """
-    import onnx
-    import torch
+    """Emit the ONNX model of a module lowered from a graph: a :class:`~densegraph.lower.torch.GraphModule`
+    as it is (no rewrite), a frozen module with its rewrites. ``check=False`` leaves :func:`check_onnx` (shape
+    inference and the full checker) to the caller. Write the bytes with :func:`save_onnx`."""
+    from .emit import onnx_from_graph, onnx_from_ops
 
     check_opset(opset)
-    size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    if size > _PROTOBUF_LIMIT:
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        raise TypeError(f"onnx_from_module needs a module lowered from a graph, got {type(module).__name__}")
+    state = module.state_dict()
+    check_size(sum(t.numel() * t.element_size() for t in state.values()))
+    title = name or graph.graph["name"]
+    if hasattr(module, "node_ops"):  # frozen: its ops are already rewritten
+        model = onnx_from_ops(graph, module.node_ops(), opset=opset, name=title, doc=doc, metadata=metadata)
+    else:
+        model, _ = onnx_from_graph(graph, state, opset=opset, name=title, doc=doc, metadata=metadata)
+    return check_onnx(model) if check else model
+
+
+def check_size(weight_bytes: int) -> None:
+    """Raise :class:`BuildError` when the weights would not fit one ONNX file (protobuf's 2 GiB)."""
+    if weight_bytes > _PROTOBUF_LIMIT:
         raise BuildError(
-            f"the weights take {size / 2**30:.1f} GiB; a single-file ONNX model must stay under 2 GiB",
+            f"the weights take {weight_bytes / 2**30:.1f} GiB; a single-file ONNX model must stay under 2 GiB",
             hint="choose a smaller spec",
         )
-    module.eval()
-    example = torch.zeros((2, *input_shape), dtype=torch.float32)
-    with warnings.catch_warnings():
-        # the TorchScript exporter announces its deprecation on every call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                (example,),
-                os.fspath(path),
-                dynamo=False,
-                opset_version=min(opset, _EXPORTER_MAX_OPSET),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}},
-                do_constant_folding=True,
-                training=torch.onnx.TrainingMode.EVAL,
-            )
-    from .passes import inline_constant_identities
-
-    model = inline_constant_identities(onnx.load(os.fspath(path))).model
-    if opset > _EXPORTER_MAX_OPSET:
-        model = onnx.version_converter.convert_version(model, opset)
-    _unique_node_names(model.graph)
-    stamp(model, name, doc)
-    return check_onnx(model) if check else model
 
 
 def stamp(model: onnx.ModelProto, name: str, doc: str) -> None:
@@ -156,16 +138,18 @@ def stamp(model: onnx.ModelProto, name: str, doc: str) -> None:
     model.doc_string = doc
     model.graph.name = name
     model.graph.doc_string = ""
+    ours = [p for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)]  # a quantizer's go
     del model.metadata_props[:]
+    model.metadata_props.extend(ours)
 
 
-def _unique_node_names(graph: onnx.GraphProto) -> None:
-    """Number repeated node names (``/norm1/BatchNormalization_2``) in graph order."""
-    seen: Counter[str] = Counter()
-    for i, node in enumerate(graph.node):
-        base = node.name or f"{node.op_type}_{i}"
-        node.name = base if not seen[base] else f"{base}_{seen[base]}"
-        seen[base] += 1
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Set ``metadata_props`` entries (replacing those of the same key), kept sorted by key."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(metadata)
+    del model.metadata_props[:]
+    for key in sorted(props):
+        model.metadata_props.add(key=key, value=props[key])
 
 
 def check_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -195,12 +179,14 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> bytes:
 
 
 def fp16_from_onnx(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """fp16 weights and compute, float32 ``images``/``logits``; returns the model and converter warnings."""
+    """fp16 weights and compute, float32 ``images``/``logits``, from a model emitted with
+    :data:`densegraph.passes.FP16_PASSES`; returns the model and converter warnings."""
     from onnxconverter_common import float16
 
-    from .passes import batchnorm_to_conv
-
-    model = batchnorm_to_conv(model).model  # a copy: the fp32 model is left as it is
+    if any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        raise ValueError(
+            "fp16_from_onnx needs a model without BatchNormalization (emit it with densegraph.passes.FP16_PASSES)"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = float16.convert_float_to_float16(model, keep_io_types=True)

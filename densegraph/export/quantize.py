@@ -15,9 +15,10 @@ per-channel int8 weights and one shared scale per block buffer (see below).
     QLinearConcat / NhwcMaxPool chains in NHWC with no float op left between them:
 
     - every BatchNormalization no conv absorbed (the pre-activation BN of each dense layer, the transitions'
-      and the head's) becomes a depthwise 1x1 conv (:func:`~.passes.batchnorm_to_conv`): BN-ReLU then runs
-      as one uint8 -> uint8 conv, its ReLU being the output range (zero point 0);
-    - every AveragePool becomes a depthwise conv (:func:`~.passes.avgpool_to_conv`): onnxruntime's
+      and the head's) is a depthwise 1x1 conv (the graph pass :func:`densegraph.passes.bn_to_depthwise`,
+      applied when the fp32 model is emitted with :data:`densegraph.passes.INT8_CPU_PASSES`): BN-ReLU then
+      runs as one uint8 -> uint8 conv, its ReLU being the output range (zero point 0);
+    - every AveragePool is a depthwise conv (:func:`densegraph.passes.avgpool_to_depthwise`): onnxruntime's
       QLinearAveragePool took ~10x longer than the uint8 depthwise conv in densenet121 on two cores;
     - activations uint8, weights int8 (U8S8, the pair MLAS runs fastest on x86) with ``reduce_range``
       (7-bit weights): x86 without VNNI adds pairs of u8*s8 products in int16, which saturates with
@@ -82,8 +83,6 @@ def quantize_onnx(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import passes
-
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if calibrate_method not in CALIBRATION_METHODS:
@@ -93,13 +92,13 @@ def quantize_onnx(
     calib = _check_calibration(calib, model)
     reduce_range = (form == "cpu") if reduce_range is None else bool(reduce_range)
 
-    rewrites = {"inline_constant_identities": 0}
-    result = passes.inline_constant_identities(model)
-    model, rewrites["inline_constant_identities"] = result.model, result.rewrites
     if form == "cpu":
-        for rewrite in (passes.batchnorm_to_conv, passes.avgpool_to_conv):
-            result = rewrite(model)
-            model, rewrites[rewrite.__name__] = result.model, result.rewrites
+        left = sorted({n.op_type for n in model.graph.node} & {"BatchNormalization", "AveragePool"})
+        if left:
+            raise ValueError(
+                f"the cpu form quantizes BN-ReLU and pooling as int8 convs, but the model has {left}: "
+                "emit it with densegraph.passes.INT8_CPU_PASSES"
+            )
 
     method = _calibration_method(calibrate_method)
     out = Path(out_path)
@@ -171,7 +170,6 @@ def quantize_onnx(
             "samples": int(calib.shape[0]),
             "batch_size": batch_size,
         },
-        "rewrites": rewrites,
         "shared_scale_groups": len(groups),
         "quantized_nodes": _quantized_nodes(quantized),
         "ops": dict(sorted(float_ops.items())),

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..cost import TILE_BYTES
 from ..graph import check_graph, graph_of, node_inputs
+from ..passes import EXPORT_PASSES, PASSES, frozen_ops, run_passes
 from .fused import (
     BlockStore,
     BufferRead,
@@ -450,12 +451,8 @@ def to_torch(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Freezing: exact rewrites of each node's op list, then a buffered, channels-last execution.
-#
-# A frozen op is a dict like the graph's ops, carrying its tensors: conv/linear ``weight`` and ``bias`` (a
-# tensor or None) and conv ``post`` ("relu" when fused); bn ``weight``, ``bias``, ``mean``, ``var``, ``eps``;
-# and the ops only rewrites make: ``affine`` / ``affine_relu`` (``scale``, ``shift``: an eval BN, then ReLU)
-# and ``clamp`` (``low``, ``high``: what remains of BN-ReLU folded into the linear op after it).
+# Freezing: exact rewrites of each node's op list (the passes of densegraph.passes, where the frozen op dicts
+# and the rewrites are described), then a buffered, channels-last execution.
 
 REWRITES = (
     "fold_bn",
@@ -470,160 +467,10 @@ REWRITES = (
 )
 """Every rewrite :func:`freeze` knows, in the order it applies them; all are on by default."""
 
-EXPORT_REWRITES = ("fold_bn", "swap_pool_conv")
+EXPORT_REWRITES = EXPORT_PASSES
 """The default rewrites with ``for_export=True``: they leave plain ONNX operators (Conv, BatchNormalization…)."""
 
 _EAGER_ONLY = ("fuse_bn_relu", "fuse_conv_relu", "block_buffers", "batch_tiling", "channels_last", "mkldnn")
-
-
-def _frozen_ops(module: nn.Module, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of a node's graph ops carrying detached float64 copies of their tensors (the original is untouched)."""
-
-    def copy(t: Any) -> torch.Tensor | None:  # Any: a module's tensor attributes type as Tensor | Module
-        return None if t is None else t.detach().to(torch.float64, copy=True)
-
-    out = []
-    for op in ops:
-        frozen = dict(op)
-        if op["op"] in ("conv", "linear"):
-            m = module.get_submodule(op["name"])
-            frozen.update(weight=copy(m.weight), bias=copy(m.bias), post=None)
-        elif op["op"] == "bn":
-            m = module.get_submodule(op["name"])
-            frozen.update(
-                weight=copy(m.weight),
-                bias=copy(m.bias),
-                mean=copy(m.running_mean),
-                var=copy(m.running_var),
-                eps=m.eps,
-            )
-        elif op["op"] == "dropout":
-            continue  # identity in eval
-        out.append(frozen)
-    return out
-
-
-def _bn_affine(bn: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """An eval BN as ``x * scale + shift``."""
-    scale = bn["weight"] * (bn["var"] + bn["eps"]).rsqrt()
-    return scale, bn["bias"] - bn["mean"] * scale
-
-
-def _fold_bn(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """conv, bn -> conv with the BN's scale in its weight and its shift in its bias."""
-    out: list[dict[str, Any]] = []
-    for op in ops:
-        if op["op"] == "bn" and out and out[-1]["op"] == "conv" and out[-1]["post"] is None:
-            conv = out[-1]
-            scale, shift = _bn_affine(op)
-            bias = conv["bias"] if conv["bias"] is not None else torch.zeros_like(shift)
-            out[-1] = {
-                **conv,
-                "weight": conv["weight"] * scale.view(-1, 1, 1, 1),
-                "bias": bias * scale + shift,
-            }
-        else:
-            out.append(op)
-    return out
-
-
-def _commutes_with_constants(op: dict[str, Any]) -> bool:
-    # linear ops that map a per-channel constant map to the same constant (no zero padding mixed in)
-    return op["op"] == "global_avgpool" or (op["op"] == "avgpool" and op.get("padding", 0) == 0)
-
-
-def _fold_preactivation(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """bn, relu, [avgpool|global_avgpool]*, conv (no padding) or linear -> clamp, [...], conv or linear.
-
-    Per channel, ``relu(s*x + t) = s * clamp(x) + t`` with ``clamp`` = max(x, -t/s) where s > 0 and
-    min(x, -t/s) where s < 0 (a channel with s = 0 is the constant relu(t)). The factor ``s`` moves into the
-    weight's input channels and the constant into the bias, leaving one elementwise pass instead of two.
-    """
-    out: list[dict[str, Any]] = []
-    i = 0
-    while i < len(ops):
-        j = i + 2
-        while j < len(ops) and _commutes_with_constants(ops[j]):
-            j += 1
-        head = ops[i]["op"] == "bn" and i + 1 < len(ops) and ops[i + 1]["op"] == "relu"
-        target = ops[j] if head and j < len(ops) else None
-        if target is None or not (
-            target["op"] == "linear"
-            or (target["op"] == "conv" and target["padding"] == 0 and target["post"] is None)
-        ):
-            out.append(ops[i])
-            i += 1
-            continue
-        scale, shift = _bn_affine(ops[i])
-        edge = -shift / torch.where(scale == 0, torch.ones_like(scale), scale)
-        inf = torch.full_like(edge, float("inf"))
-        constant = torch.where(scale == 0, shift.clamp_min(0), shift)
-        weight = target["weight"]
-        dims = (1, -1) + (1,) * (weight.dim() - 2)
-        bias = target["bias"] if target["bias"] is not None else weight.new_zeros(weight.shape[0])
-        bias = bias + (weight.sum((2, 3)) if weight.dim() > 2 else weight) @ constant
-        out.append(
-            {
-                "op": "clamp",
-                "name": ops[i]["name"],
-                "low": torch.where(scale > 0, edge, -inf),
-                "high": torch.where(scale < 0, edge, inf),
-            }
-        )
-        out.extend(ops[i + 2 : j])
-        out.append({**target, "weight": weight * scale.view(dims), "bias": bias})
-        i = j + 1
-    return out
-
-
-def _swap_pool_conv(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """conv 1x1 (stride 1, no padding), avgpool (no padding) -> avgpool, conv: both linear, the conv 4x cheaper."""
-    out = list(ops)
-    for i in range(len(out) - 1):
-        conv, pool = out[i], out[i + 1]
-        if (
-            conv["op"] == "conv"
-            and (conv["kernel"], conv["stride"], conv["padding"]) == (1, 1, 0)
-            and conv["post"] is None
-            and pool["op"] == "avgpool"
-            and pool.get("padding", 0) == 0
-        ):
-            out[i], out[i + 1] = pool, conv
-    return out
-
-
-def _fuse_bn_relu(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """bn, relu -> affine_relu; a lone bn -> affine (scale and shift computed once)."""
-    out: list[dict[str, Any]] = []
-    for op in ops:
-        if op["op"] == "relu" and out and out[-1]["op"] == "affine":
-            out[-1] = {**out[-1], "op": "affine_relu"}
-        elif op["op"] == "bn":
-            scale, shift = _bn_affine(op)
-            out.append({"op": "affine", "name": op["name"], "scale": scale, "shift": shift})
-        else:
-            out.append(op)
-    return out
-
-
-def _fuse_conv_relu(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """conv, relu -> conv with a ReLU post-op."""
-    out: list[dict[str, Any]] = []
-    for op in ops:
-        if op["op"] == "relu" and out and out[-1]["op"] == "conv" and out[-1]["post"] is None:
-            out[-1] = {**out[-1], "post": "relu"}
-        else:
-            out.append(op)
-    return out
-
-
-_OP_REWRITES: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] = {
-    "fold_bn": _fold_bn,
-    "fold_preactivation": _fold_preactivation,
-    "swap_pool_conv": _swap_pool_conv,
-    "fuse_bn_relu": _fuse_bn_relu,
-    "fuse_conv_relu": _fuse_conv_relu,
-}
 
 
 _PACKED_SHAPES = 4  # input shapes a frozen conv keeps prepacked weights for
@@ -649,6 +496,10 @@ class _FrozenOp(nn.Module):
     def __init__(self, op: dict[str, Any], dtype: torch.dtype, *, use_mkldnn: bool) -> None:
         super().__init__()
         self.kind: str = op["op"]
+        # the op's attributes without its tensors (the emitter reads them back with the buffers: ops())
+        self.attrs = {
+            k: v for k, v in op.items() if not isinstance(v, torch.Tensor) and k not in self._TENSORS
+        }
         self.stride, self.padding = op.get("stride", 1), op.get("padding", 0)
         self.kernel, self.post, self.eps = op.get("kernel", 1), op.get("post"), op.get("eps", 0.0)
         self.use_mkldnn = use_mkldnn and self.kind == "conv"
@@ -761,6 +612,7 @@ class FrozenGraphModule(nn.Module):
                     _register(self, op["name"], frozen)
                 modules[node].append(frozen)
         self._op_list = [op for ops in modules.values() for op in ops]  # a plain list: not submodules twice
+        self._node_modules = modules
         self._programs: dict[tuple[Any, ...], _Program] = {}
         self.register_load_state_dict_post_hook(FrozenGraphModule._forget_programs)
         # oneDNN's fused convolutions have no backward, and block buffers are written in place
@@ -772,6 +624,20 @@ class FrozenGraphModule(nn.Module):
         self._plan = _make_plan(graph, lambda node: [(m.kind, m) for m in modules[node]], slots)
         self._stages = _stages(self._plan)
         self.batch_tiling = "batch_tiling" in rewrites
+
+    def node_ops(self) -> dict[str, list[dict[str, Any]]]:
+        """Each node's rewritten ops as op dicts carrying this module's tensors (what the ONNX emitter takes:
+        :func:`densegraph.export.emit.onnx_from_ops`)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for node, ops in self._node_modules.items():
+            out[node] = []
+            for op in ops:
+                tensors = {
+                    k: v.view(-1) if v is not None and k in ("scale", "shift", "low", "high") else v
+                    for k, v in op._buffers.items()
+                }
+                out[node].append({**op.attrs, "op": op.kind, **tensors})
+        return out
 
     def op_kinds(self, node: str) -> list[str]:
         """The ops ``node`` runs after the rewrites, e.g. ``['clamp', 'conv+relu', 'conv']``."""
@@ -1125,11 +991,5 @@ def freeze(
         )
     chosen = tuple(r for r in REWRITES if r in chosen)
     reference = next(module.parameters())
-    node_ops = {}
-    for node, data in graph.nodes(data=True):
-        ops = _frozen_ops(module, data["ops"])
-        for name, rewrite in _OP_REWRITES.items():
-            if name in chosen:
-                ops = rewrite(ops)
-        node_ops[node] = ops
+    node_ops = run_passes(frozen_ops(graph, module.state_dict()), [r for r in chosen if r in PASSES]).node_ops
     return FrozenGraphModule(graph, node_ops, chosen, reference.dtype).to(reference.device).eval()

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from densegraph.errors import BuildError
+from densegraph.export.emit import onnx_from_graph
 from densegraph.export.onnx import (
     DEFAULT_OPSET,
     MAX_OPSET,
     MIN_OPSET,
+    check_onnx,
     check_opset,
     compare_outputs,
     fp16_from_onnx,
@@ -30,6 +32,7 @@ from densegraph.export.onnx import (
 )
 from densegraph.lower.torch import freeze, to_torch
 from densegraph.lower.weights import load_weights
+from densegraph.passes import FP16_PASSES
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SPEC = REPO / "tests" / "data" / "torchvision-tiny.yaml"
@@ -51,7 +54,15 @@ def tiny(weights: str | None = "current-keys") -> torch.nn.Module:
 
 
 def export(module: torch.nn.Module, path: Path, **kw: object) -> onnx.ModelProto:
-    model = onnx_from_module(module, module.input_shape, path, **kw)  # type: ignore[arg-type]
+    model = onnx_from_module(module, **kw)  # type: ignore[arg-type]
+    save_onnx(model, path)
+    return model
+
+
+def export_fp16_ready(module: torch.nn.Module, path: Path) -> onnx.ModelProto:
+    """The fp32 model the fp16 build converts: emitted with FP16_PASSES (no BatchNormalization left)."""
+    model, _ = onnx_from_graph(module.graph, module.state_dict(), passes=FP16_PASSES, opset=DEFAULT_OPSET)
+    model = check_onnx(model)
     save_onnx(model, path)
     return model
 
@@ -108,6 +119,9 @@ def test_same_module_gives_the_same_bytes(tmp_path: Path) -> None:
     model = onnx.load(first[0])
     assert (model.producer_name, model.doc_string, model.graph.name) == ("densegraph", "tiny model", "tiny")
     assert not model.metadata_props and not any(n.doc_string for n in model.graph.node)
+    names = [n.name for n in model.graph.node]
+    assert names[:3] == ["features.conv0", "features.norm0", "features.relu0"]  # plain: nothing folded
+    assert "features.denseblock1.denselayer2.concat" in names and "classifier" in names
     assert "pytorch" not in model.producer_version
 
 
@@ -138,7 +152,10 @@ def test_parity_gate_refuses_a_wrong_model(tmp_path: Path) -> None:
 
 def test_fp16_model_is_typed_checked_and_close(tmp_path: Path) -> None:
     module = tiny()
-    model = export(module, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="FP16_PASSES"):
+        fp16_from_onnx(export(module, tmp_path / "plain.onnx"))
+    model = export_fp16_ready(module, tmp_path / "m.onnx")
+    before = model.SerializeToString(deterministic=True)
     model16, notes = fp16_from_onnx(model)
     onnx.checker.check_model(model16, full_check=True)
     assert notes == []
@@ -150,7 +167,7 @@ def test_fp16_model_is_typed_checked_and_close(tmp_path: Path) -> None:
     ]
     assert float_weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in float_weights)
     assert "BatchNormalization" not in {n.op_type for n in model16.graph.node}  # folded before the cast
-    assert {n.op_type for n in model.graph.node} >= {"BatchNormalization"}  # the fp32 model is untouched
+    assert model.SerializeToString(deterministic=True) == before  # the fp32 model is untouched
     data = save_onnx(model16, tmp_path / "m16.onnx")
     inputs = parity_inputs(module.input_shape, (1, 3))
     result = verify_outputs(data, inputs, [torch_logits(module, x) for x in inputs], "fp16")
@@ -164,7 +181,7 @@ def test_fp16_keeps_batchnorm_with_large_running_variance(tmp_path: Path) -> Non
         bn = module.get_submodule("features.denseblock2.denselayer1.norm1")
         bn.running_var.mul_(1e5)  # ~1e5: over the converter's clamp (1e4) and fp16's max (65504)
         bn.weight.mul_(300.0)  # keep the layer's output scale
-    model16, _ = fp16_from_onnx(export(module, tmp_path / "m.onnx"))
+    model16, _ = fp16_from_onnx(export_fp16_ready(module, tmp_path / "m.onnx"))
     inputs = parity_inputs(module.input_shape, (3,))
     result = verify_outputs(model16.SerializeToString(), inputs, [torch_logits(module, inputs[0])], "fp16")
     assert result["max_rel_err"] <= 1e-2

@@ -1,5 +1,5 @@
-"""ONNX rewrite passes: each one exact (onnxruntime before/after on random inputs), each one leaving alone what
-it must not touch, and onnxruntime's optimizer keeping densegraph's export rewrites."""
+"""ONNX-level passes (batch tiling) exact in onnxruntime on random inputs, and onnxruntime's optimizer keeping
+densegraph's graph rewrites (the op-list passes themselves are tested in tests/passes/)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 from densegraph.export.onnx import onnx_from_module
 from densegraph.export.passes import (
     TILE_KEY,
-    PassResult,
-    avgpool_to_conv,
     batch_tile_of,
-    batchnorm_to_conv,
-    inline_constant_identities,
     tile_batch,
     untile_batch,
 )
 from densegraph.lower.torch import freeze, to_torch
-from densegraph.testing import randomize_batchnorm
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SPEC = REPO / "tests" / "data" / "torchvision-tiny.yaml"
@@ -40,14 +35,6 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def assert_exact(before: onnx.ModelProto, result: PassResult, shape: tuple[int, ...]) -> None:
-    onnx.checker.check_model(result.model, full_check=True)
-    for batch in (1, 3):
-        x = RNG.standard_normal((batch, *shape), dtype=np.float32)
-        want, got = run(before, x), run(result.model, x)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
 
 
 def model(
@@ -69,157 +56,8 @@ def model(
     return m
 
 
-def bn_inits(prefix: str, c: int) -> dict[str, np.ndarray]:
-    return {
-        f"{prefix}.scale": RNG.uniform(-1.5, 1.5, c),  # negative gammas too
-        f"{prefix}.bias": RNG.uniform(-0.5, 0.5, c),
-        f"{prefix}.mean": RNG.uniform(-0.5, 0.5, c),
-        f"{prefix}.var": RNG.uniform(0.2, 3.0, c),
-    }
-
-
-def bn(prefix: str, x: str, y: str, **attrs: Any) -> onnx.NodeProto:
-    return helper.make_node(
-        "BatchNormalization",
-        [x, *(f"{prefix}.{k}" for k in ("scale", "bias", "mean", "var"))],
-        [y],
-        name=prefix,
-        epsilon=1e-5,
-        **attrs,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------
-# inline_constant_identities
-
-
-def test_inline_constant_identities_is_exact_and_keeps_graph_outputs() -> None:
-    w = RNG.standard_normal((4, 4, 1, 1))
-    nodes = [
-        helper.make_node("Identity", ["w"], ["w_copy"]),
-        helper.make_node("Conv", ["x", "w_copy"], ["y"]),
-        helper.make_node("Identity", ["w"], ["w_out"]),  # a graph output: must stay
-    ]
-    m = model(nodes, {"w": w}, 4, ["y", "w_out"])
-    result = inline_constant_identities(m)
-    assert result.rewrites == 1 and result.modified
-    assert [n.op_type for n in result.model.graph.node] == ["Conv", "Identity"]
-    assert result.model.graph.node[0].input[1] == "w"
-    assert_exact(m, result, (4, 8, 8))
-    assert len(m.graph.node) == 3  # the input model is untouched
-
-
-def test_inline_constant_identities_without_identities_changes_nothing() -> None:
-    m = model([helper.make_node("Relu", ["x"], ["y"])], {}, 2, ["y"])
-    result = inline_constant_identities(m)
-    assert result.rewrites == 0 and not result.modified
-    assert result.model == m
-
-
-# ---------------------------------------------------------------------------------------------------------
-# batchnorm_to_conv
-
-
-def test_batchnorm_to_conv_rewrites_a_preactivation_bn_exactly() -> None:
-    c = 6
-    nodes = [bn("bn", "x", "b"), helper.make_node("Relu", ["b"], ["y"])]
-    m = model(nodes, bn_inits("bn", c), c, ["y"])
-    result = batchnorm_to_conv(m)
-    assert result.rewrites == 1
-    conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
-    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-    assert attrs["group"] == c and list(attrs["kernel_shape"]) == [1, 1]
-    assert not any(n.op_type == "BatchNormalization" for n in result.model.graph.node)
-    # the BN parameters nothing uses any more are dropped
-    assert not any(t.name.startswith("bn.") for t in result.model.graph.initializer)
-    assert_exact(m, result, (c, 8, 8))
-
-
-def test_batchnorm_to_conv_leaves_the_bn_a_conv_absorbs() -> None:
-    c = 4
-    inits = {"w": RNG.standard_normal((c, c, 3, 3)), **bn_inits("bn", c), **bn_inits("bn2", c)}
-    absorbed = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]), bn("bn", "h", "y")]
-    m = model(absorbed, inits, c, ["y"])
-    assert batchnorm_to_conv(m).rewrites == 0
-    # the conv's output also feeds another consumer: the BN cannot fold, so it is rewritten
-    shared = [*absorbed, bn("bn2", "h", "z")]
-    m = model(shared, inits, c, ["y", "z"])
-    result = batchnorm_to_conv(m)
-    assert result.rewrites == 2
-    assert_exact(m, result, (c, 8, 8))
-
-
-def test_batchnorm_to_conv_leaves_bn_on_flat_tensors() -> None:
-    c = 4
-    nodes = [helper.make_node("Flatten", ["x"], ["f"]), bn("bn", "f", "y")]
-    inits = bn_inits("bn", c * 64)
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", c * 64])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
-    )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    assert batchnorm_to_conv(m).rewrites == 0
-
-
-def test_batchnorm_to_conv_leaves_training_mode_bn() -> None:
-    c = 3
-    m = model([bn("bn", "x", "y", training_mode=1)], bn_inits("bn", c), c, ["y"])
-    assert batchnorm_to_conv(m).rewrites == 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# avgpool_to_conv
-
-
-@pytest.mark.parametrize("kernel, strides", [(2, 2), (3, 1), (2, None)])
-def test_avgpool_to_conv_is_exact(kernel: int, strides: int | None) -> None:
-    c = 5
-    inits = {"w": RNG.standard_normal((c, c, 1, 1))}
-    stride: dict[str, Any] = (
-        {} if strides is None else {"strides": [strides, strides]}
-    )  # ONNX's default stride is 1
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["h"]),  # as in a transition: pool after the conv
-        helper.make_node("AveragePool", ["h"], ["y"], kernel_shape=[kernel, kernel], **stride),
-    ]
-    m = model(nodes, inits, c, ["y"])
-    result = avgpool_to_conv(m)
-    assert result.rewrites == 1
-    pool = result.model.graph.node[-1]
-    assert pool.op_type == "Conv"
-    assert {a.name: helper.get_attribute_value(a) for a in pool.attribute}["group"] == c
-    assert_exact(m, result, (c, 8, 8))
-
-
-@pytest.mark.parametrize(
-    "attrs",
-    [{"pads": [1, 1, 1, 1]}, {"ceil_mode": 1}, {"auto_pad": "SAME_UPPER"}],
-    ids=["pads", "ceil_mode", "auto_pad"],
-)
-def test_avgpool_to_conv_leaves_pools_a_conv_would_change(attrs: dict[str, Any]) -> None:
-    c = 2
-    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], **attrs)
-    m = model([node], {}, c, ["y"])
-    assert avgpool_to_conv(m).rewrites == 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# on a real export
-
-
-def test_passes_are_exact_on_an_exported_densenet(tmp_path: Path) -> None:
-    module: Any = randomize_batchnorm(to_torch(TINY_SPEC, seed=0).eval(), seed=3, scale=(-1.0, 1.5))
-    exported = onnx_from_module(freeze(module, for_export=True), module.input_shape, tmp_path / "m.onnx")
-    current = exported
-    for rewrite in (inline_constant_identities, batchnorm_to_conv, avgpool_to_conv):
-        result = rewrite(current)
-        assert_exact(current, result, tuple(module.input_shape))
-        current = result.model
-    ops = {n.op_type for n in current.graph.node}
-    assert "BatchNormalization" not in ops and "AveragePool" not in ops
+# on a real model
 
 
 def test_onnxruntime_keeps_the_pool_conv_swap(tmp_path: Path) -> None:
@@ -227,7 +65,7 @@ def test_onnxruntime_keeps_the_pool_conv_swap(tmp_path: Path) -> None:
     optimizer (NCHWc layout, fusions) must not move the conv back in front of the pool."""
     module: Any = to_torch(TINY_SPEC, seed=0).eval()
     onnx.save(
-        onnx_from_module(freeze(module, for_export=True), module.input_shape, tmp_path / "m.onnx"),
+        onnx_from_module(freeze(module, for_export=True)),
         tmp_path / "dg.onnx",
     )
     options = ort.SessionOptions()
@@ -251,7 +89,7 @@ def test_onnxruntime_keeps_the_pool_conv_swap(tmp_path: Path) -> None:
 
 def _exported_tiny(tmp_path: Path) -> onnx.ModelProto:
     module: Any = to_torch(TINY_SPEC, seed=0).eval()
-    return onnx_from_module(freeze(module, for_export=True), module.input_shape, tmp_path / "m.onnx")
+    return onnx_from_module(freeze(module, for_export=True))
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -328,9 +166,12 @@ def test_onnxruntime_optimizes_inside_the_loop(tmp_path: Path) -> None:
 
 
 def test_tiled_int8_model_is_exact(tmp_path: Path) -> None:
+    from densegraph.export.emit import onnx_from_graph
     from densegraph.export.quantize import quantize_onnx
+    from densegraph.passes import INT8_CPU_PASSES
 
-    untiled = _exported_tiny(tmp_path)
+    module: Any = to_torch(TINY_SPEC, seed=0).eval()
+    untiled, _ = onnx_from_graph(module.graph, module.state_dict(), passes=INT8_CPU_PASSES, opset=19)
     onnx.save(untiled, tmp_path / "fp32.onnx")
     calib = RNG.standard_normal((8, 3, 64, 64), dtype=np.float32)
     quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calib, form="cpu")

@@ -120,7 +120,9 @@ def api() -> dict[str, ApiText]:
         assert hits, f"no TensorRT {major} API text in {API_DIR} (tools/tensorrt_api.sh makes it)"
         files[major] = hits[-1]
     return {
-        major: ApiText(path.name[len("tensorrt-") : -len(".txt.xz")], lzma.decompress(path.read_bytes()).decode())
+        major: ApiText(
+            path.name[len("tensorrt-") : -len(".txt.xz")], lzma.decompress(path.read_bytes()).decode()
+        )
         for major, path in files.items()
     }
 

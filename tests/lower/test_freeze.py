@@ -6,14 +6,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -135,110 +133,6 @@ def test_rewrites_change_the_op_lists_as_described(torchvision_tiny) -> None:
     assert "features.denseblock1.denselayer1.conv1.bias" in keys
     assert not any(k.startswith("features.denseblock1.denselayer1.norm2") for k in keys)
     assert not any(k.startswith("features.norm0") for k in keys)  # the stem's BN, folded into conv0
-
-
-def _conv_bn_reference(x, conv, bn):  # type: ignore[no-untyped-def]
-    out = F.conv2d(x, conv["weight"], conv["bias"], padding=conv["padding"])
-    return F.batch_norm(out, bn["mean"], bn["var"], bn["weight"], bn["bias"], False, 0.0, bn["eps"])
-
-
-def _bn(channels: int, generator: torch.Generator, zero: bool = False) -> dict:
-    weight = torch.randn(channels, generator=generator, dtype=torch.float64)
-    if zero:
-        weight[0] = 0.0
-    return {
-        "op": "bn",
-        "name": "bn",
-        "weight": weight,
-        "bias": torch.randn(channels, generator=generator, dtype=torch.float64),
-        "mean": torch.randn(channels, generator=generator, dtype=torch.float64),
-        "var": torch.rand(channels, generator=generator, dtype=torch.float64) + 0.1,
-        "eps": 1e-5,
-    }
-
-
-def _conv(cin: int, cout: int, kernel: int, generator: torch.Generator, bias: bool, padding: int = 0) -> dict:
-    return {
-        "op": "conv",
-        "name": "conv",
-        "kernel": kernel,
-        "stride": 1,
-        "padding": padding,
-        "weight": torch.randn(cout, cin, kernel, kernel, generator=generator, dtype=torch.float64),
-        "bias": torch.randn(cout, generator=generator, dtype=torch.float64) if bias else None,
-        "post": None,
-    }
-
-
-@pytest.mark.parametrize("bias", [False, True])
-def test_fold_bn_against_the_two_ops(bias: bool) -> None:
-    generator = torch.Generator().manual_seed(1)
-    conv, bn = _conv(5, 7, 3, generator, bias, padding=1), _bn(7, generator)
-    (folded,) = lowering._fold_bn([conv, bn])
-    x = torch.randn(2, 5, 6, 6, generator=generator, dtype=torch.float64)
-    expected = _conv_bn_reference(x, conv, bn)
-    assert torch.allclose(
-        F.conv2d(x, folded["weight"], folded["bias"], padding=1), expected, rtol=1e-12, atol=1e-12
-    )
-
-
-@pytest.mark.parametrize("between", [[], ["avgpool"], ["global_avgpool"]])
-def test_fold_preactivation_against_bn_relu_then_the_linear_op(between: list[str]) -> None:
-    generator = torch.Generator().manual_seed(2)
-    bn = _bn(6, generator, zero=True)
-    bn["weight"][1:3] *= -1  # negative scales take the min side of the clamp
-    pools = [{"op": kind, "name": None, "kernel": 2, "stride": 2, "padding": 0} for kind in between]
-    x = torch.randn(3, 6, 8, 8, generator=generator, dtype=torch.float64) * 2
-
-    def pool(t: torch.Tensor) -> torch.Tensor:
-        for p in pools:
-            t = F.avg_pool2d(t, 2) if p["op"] == "avgpool" else torch.flatten(F.adaptive_avg_pool2d(t, 1), 1)
-        return t
-
-    if between == ["global_avgpool"]:
-        target = {
-            "op": "linear",
-            "name": "fc",
-            "weight": torch.randn(4, 6, generator=generator, dtype=torch.float64),
-        }
-        target.update(bias=torch.randn(4, generator=generator, dtype=torch.float64), post=None)
-
-        def apply(t: torch.Tensor, op: dict) -> torch.Tensor:
-            return F.linear(t, op["weight"], op["bias"])
-
-    else:
-        target = _conv(6, 4, 1, generator, bias=True)
-
-        def apply(t: torch.Tensor, op: dict) -> torch.Tensor:
-            return F.conv2d(t, op["weight"], op["bias"])
-
-    ops = [bn, {"op": "relu", "name": None}, *pools, target]
-    rewritten = lowering._fold_preactivation(ops)
-    assert [op["op"] for op in rewritten] == ["clamp", *between, target["op"]]
-    clamp = rewritten[0]
-    reference = F.batch_norm(x, bn["mean"], bn["var"], bn["weight"], bn["bias"], False, 0.0, bn["eps"])
-    expected = apply(pool(F.relu(reference)), target)
-    low, high = (clamp[k].view(1, -1, 1, 1) for k in ("low", "high"))
-    got = apply(pool(torch.clamp(x, low, high)), rewritten[-1])
-    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
-
-
-def test_fold_preactivation_leaves_a_padded_conv_alone() -> None:
-    generator = torch.Generator().manual_seed(3)
-    ops = [_bn(4, generator), {"op": "relu", "name": None}, _conv(4, 4, 3, generator, bias=False, padding=1)]
-    assert lowering._fold_preactivation(ops) == ops
-
-
-def test_swap_pool_conv_against_conv_then_pool() -> None:
-    generator = torch.Generator().manual_seed(4)
-    conv = _conv(6, 3, 1, generator, bias=True)
-    pool = {"op": "avgpool", "name": "pool", "kernel": 2, "stride": 2, "padding": 0}
-    assert lowering._swap_pool_conv([conv, pool]) == [pool, conv]
-    x = torch.randn(2, 6, 8, 8, generator=generator, dtype=torch.float64)
-    expected = F.avg_pool2d(F.conv2d(x, conv["weight"], conv["bias"]), 2)
-    assert torch.allclose(F.conv2d(F.avg_pool2d(x, 2), conv["weight"], conv["bias"]), expected, atol=1e-12)
-    wide = _conv(6, 3, 3, generator, bias=True)  # not 1x1: not linear per pixel, no swap
-    assert lowering._swap_pool_conv([wide, pool]) == [wide, pool]
 
 
 class _CountCat(TorchFunctionMode):
