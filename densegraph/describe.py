@@ -197,7 +197,7 @@ def model_card(manifest: Mapping[str, Any], metadata: Mapping[str, str]) -> str:
     lines = [
         f"# {name}",
         "",
-        f"A {precision} ONNX model (`{manifest['model']['file']}`, opset {manifest['opset']}) of the densely "
+        f"An ONNX model (`{manifest['model']['file']}`, {precision}, opset {manifest['opset']}) of the densely "
         f"connected network in `{manifest['spec']['path']}`, built by densegraph "
         f"{manifest['versions'].get('densegraph', '')}: emitted from the spec's connection graph "
         f"(rewrites: {', '.join(manifest['rewrites']) or 'none'}) and checked against PyTorch.",
@@ -285,8 +285,8 @@ def _parity_lines(parity: Mapping[str, Any]) -> list[str]:
             lines.append(line + ".")
         else:
             lines.append(
-                f"- {precision}: onnxruntime vs {result['reference']} at batch "
-                f"{', '.join(map(str, result['batches']))}: max abs error {result['max_abs_err']:.2g}, max "
+                f"- {precision}: onnxruntime vs {result['reference']} (batch "
+                f"{', '.join(map(str, result['batches']))}): max abs error {result['max_abs_err']:.2g}, max "
                 f"relative error {result['max_rel_err']:.2g} ({result['criterion']}: "
                 f"{'passed' if result['passed'] else 'FAILED'})."
             )

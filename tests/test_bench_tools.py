@@ -82,3 +82,20 @@ def test_bench_torch_infer_reports_frozen_every_ablation_and_the_floor() -> None
     assert 0 < floor["conv_ms"] <= floor["op_ms"]
     assert floor["budget_ms"] == pytest.approx(record["batches"]["3"]["ms"]["plain"] / 1.8, abs=0.01)
     assert "convolutions alone" in result.stdout
+
+
+def test_bench_emit_times_emission_against_the_exporter_and_checks_both() -> None:
+    argv = [
+        sys.executable,
+        str(REPO / "tools" / "bench_emit.py"),
+        "--spec", str(REPO / "tests" / "data" / "torchvision-tiny.yaml"),
+        "--rounds", "2",
+        "--threads", "1",
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    emission = json.loads(result.stdout.strip().splitlines()[-1])["emission"]
+    assert len(emission["all_s"]["emit"]) == len(emission["all_s"]["trace"]) == 2
+    assert emission["speedup"] > 0 and emission["target"] == 5.0 and emission["nodes"] > 0
+    assert max(emission["max_abs_error"].values()) < 1e-4
+    assert "torch.onnx.export" in result.stdout

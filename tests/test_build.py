@@ -162,7 +162,7 @@ def test_locate_maps_onnx_and_tensorrt_names_to_spec_lines(
     assert found["node"] == "block1.layer1"
     for name, node in (
         ("classifier", "head"),
-        ("features.norm5_output_0_QuantizeLinear", "head"),  # an int8 tensor name
+        ("features.norm5.weight_DequantizeLinear", "head"),  # an int8 node name
         ("features.conv0", "stem"),
         ("features.transition1.pool_kernel_time", "transition1"),  # an onnxruntime profile entry
     ):
@@ -359,6 +359,23 @@ def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[st
     # tiled after quantization: the int8 graph runs inside the loop, scored on 8 samples (three tiles)
     assert manifest["batch_tile"] == 3 and manifest["model"]["ops"]["Loop"] == 1
     assert manifest["model"]["ops"]["QuantizeLinear"] > 0
+    assert manifest["rewrites"] == [
+        "fold_bn",
+        "swap_pool_conv",
+        "bn_to_depthwise",
+        "avgpool_to_depthwise",
+        "batch_tiling",
+    ]
+    # the quantizer's names extend the graph's, and the metadata survives quantizing and tiling
+    model = onnx.load(out / "model.onnx")
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["densegraph.batch_tile"] == "3" and props["densegraph.spec"] == "torchvision-tiny"
+    assert {"densegraph.nodes", "densegraph.preprocess", "densegraph.graph_sha256"} <= set(props)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    names = {n.name for n in body.node}
+    assert "features.denseblock1.denselayer1.relu1_QuantizeLinear" in names
+    assert "features.transition1.pool" in names  # the pool as a depthwise conv keeps the pool's name
 
 
 # ---------------------------------------------------------------------------------------------------------
