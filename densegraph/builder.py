@@ -596,7 +596,7 @@ def _written_by_script(options: Any) -> list[str]:
 def _manifest_head(
     options: BuildOptions, spec_path: str, graph: nx.DiGraph, passes: list[str]
 ) -> dict[str, Any]:
-    from .train import graph_sha256
+    from .graph import graph_sha256
 
     cost = totals(graph)
     head: dict[str, Any] = {

@@ -136,7 +136,7 @@ def model_metadata(
     from . import __version__
     from ._io import file_sha256
     from .cost import totals
-    from .train import graph_sha256
+    from .graph import graph_sha256
 
     cost = totals(graph)
     metadata = {
