@@ -307,7 +307,7 @@ def _engine_options(options: BuildOptions) -> Any:
 
     return EngineOptions(
         precision=options.precision,
-        batch=tuple(options.batch),
+        batch=options.batch,
         workspace_gib=options.workspace,
         dla_core=options.dla,
         timing_cache=options.timing_cache,
@@ -489,6 +489,7 @@ def _fp16(
 def _calibration_data(options: BuildOptions, graph: nx.DiGraph) -> Any:
     """The int8 calibration set (the train split), loaded before any export so that bad data fails fast."""
     shape = tuple(graph.graph["input_shape"])
+    assert options.calib is not None  # checked with the options
     return load_data(options.calib, shape, split="train", max_samples=options.calib_samples)
 
 
@@ -517,6 +518,7 @@ def _int8(
     set_metadata(model, metadata)
     model = check_onnx(model) if tile is None else _tiled(model, tile)
     save_onnx(model, path)
+    assert options.calib is not None  # checked with the options
     labelled = calib.y.size > 0
     shape = tuple(calib.x.shape[1:])
     scored = (

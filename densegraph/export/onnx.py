@@ -113,8 +113,9 @@ def onnx_from_module(
     state = module.state_dict()
     check_size(sum(t.numel() * t.element_size() for t in state.values()))
     title = name or graph.graph["name"]
-    if hasattr(module, "node_ops"):  # frozen: its ops are already rewritten
-        model = onnx_from_ops(graph, module.node_ops(), opset=opset, name=title, doc=doc, metadata=metadata)
+    node_ops = getattr(module, "node_ops", None)
+    if callable(node_ops):  # frozen: its ops are already rewritten
+        model = onnx_from_ops(graph, node_ops(), opset=opset, name=title, doc=doc, metadata=metadata)
     else:
         model, _ = onnx_from_graph(graph, state, opset=opset, name=title, doc=doc, metadata=metadata)
     return check_onnx(model) if check else model
