@@ -57,7 +57,7 @@ def preprocess_of(graph: nx.DiGraph) -> dict[str, Any]:
 
     The default for a 3-channel network with a downsampling stem (an ImageNet-style spec: its stem ends in a
     max-pool) is torchvision's ImageNet transform scaled to the input size (resize the short side to
-    size * 256 / 224, center-crop, RGB, [0, 1], ImageNet mean and std); for other specs it is what
+    size * 256 / 224, center-crop, RGB, pixels / 255, ImageNet mean and std); for other specs it is what
     ``densegraph train`` feeds them (resize to the input size, [0, 1], ImageNet mean and std with 3 channels,
     none with 1).
     """
@@ -74,7 +74,7 @@ def preprocess_of(graph: nx.DiGraph) -> dict[str, Any]:
         "resize": round(min(h, w) * 256 / 224) if imagenet_style else [h, w],
         "crop": [h, w] if imagenet_style else None,
         "interpolation": "bilinear",
-        "scale": 1 / 255,
+        "scale": 255.0,
         "mean": list(_IMAGENET_MEAN) if color else [0.0],
         "std": list(_IMAGENET_STD) if color else [1.0],
     }
@@ -265,7 +265,7 @@ def _preprocess_line(p: Mapping[str, Any]) -> str:
     if p.get("crop"):
         parts.append(f"center-cropped to {p['crop'][0]}x{p['crop'][1]}")
     if p.get("scale") is not None:
-        parts.append(f"scaled by {p['scale']:.6g}")
+        parts.append(f"pixel values divided by {p['scale']:.6g}")
     parts.append(f"normalised with mean {p.get('mean')} and std {p.get('std')}, laid out NCHW")
     return ", ".join(parts) + "."
 
