@@ -4,7 +4,9 @@ TensorRT engine, per batch size.
 Each batch size runs ``--warmup`` untimed then ``--iters`` timed forward passes on one fixed random batch
 (input already in place: compute, not data loading). A row holds the median (``latency_ms_p50``), p90 and mean
 latency and the throughput ``batch / mean`` in images per second — the same fields as
-:func:`densegraph.export.tensorrt.bench_engine`, which measures engines.
+:func:`densegraph.export.tensorrt.bench_engine`, which measures engines. A batch that cannot fit in the memory
+available (a spec's: its busiest node's feature maps, :func:`densegraph.cost.peak_activation_bytes`; an ONNX
+model's: its input batch) is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ __all__ = ["run_bench", "time_batches", "model_kind"]
 
 _ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _SPEC_SUFFIXES = (".yaml", ".yml")
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def model_kind(path: str) -> str:
@@ -97,11 +98,21 @@ def run_bench(args: argparse.Namespace) -> int:
 def _bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from .cost import peak_activation_bytes
     from .graph import build_graph
     from .lower.torch import to_torch
     from .spec import load_spec
 
     graph = build_graph(load_spec(args.model))
+    device = torch.device(_torch_device(args.device))
+    largest = max(args.batch)
+    _check_batch_fits(
+        peak_activation_bytes(graph, largest),
+        largest,
+        args.model,
+        "the busiest node's feature maps, from the graph's activation count",
+        torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None,
+    )
     module = to_torch(graph, seed=0)
     if args.weights:
         from .lower.weights import load_weights
@@ -112,7 +123,6 @@ def _bench_torch(args: argparse.Namespace) -> dict[str, Any]:
         from .lower.torch import freeze
 
         module = freeze(module)
-    device = torch.device(_torch_device(args.device))
     module = module.to(device)
     shape = tuple(graph.graph["input_shape"])
 
@@ -150,7 +160,8 @@ def _torch_device(requested: str | None) -> str:
 
 
 def _bench_onnx(args: argparse.Namespace) -> dict[str, Any]:
-    from .export.onnx import best_providers, ort_session
+    from .evaluate import onnx_image_model
+    from .export.onnx import best_providers
 
     providers = best_providers()
     if args.device == "cpu":
@@ -162,30 +173,27 @@ def _bench_onnx(args: argparse.Namespace) -> dict[str, Any]:
                 "--device cuda asked for, but this onnxruntime has no CUDA or TensorRT execution provider",
                 hint="pip install onnxruntime-gpu",
             )
-    try:
-        session = ort_session(args.model, providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DensegraphError(f"onnxruntime cannot load the model: {first}", loc=Loc(args.model)) from None
-    (model_input,) = session.get_inputs()[:1]
-    dims = list(model_input.shape)
-    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
-        raise DensegraphError(
-            f"expected an input [N, C, H, W] with fixed C, H, W, got {dims}", loc=Loc(args.model)
-        )
-    fixed = dims[0] if isinstance(dims[0], int) else None
+    model = onnx_image_model(args.model, list(providers))
+    session = model.session
+    fixed = model.fixed_batch
     if fixed is not None and any(b != fixed for b in args.batch):
         raise DensegraphError(
             f"the model takes a fixed batch of {fixed}", loc=Loc(args.model), hint=f"pass --batch {fixed}"
         )
-    dtype = _ORT_DTYPES.get(model_input.type)
-    if dtype is None:
-        raise DensegraphError(f"cannot bench an input of type {model_input.type}", loc=Loc(args.model))
+    largest = max(args.batch)
+    # the random batch is drawn in float64, then cast to the input's type
+    _check_batch_fits(
+        largest * int(np.prod(model.chw)) * (8 + np.dtype(model.dtype).itemsize),
+        largest,
+        args.model,
+        "its input batch alone",
+        None,
+    )
     rng = np.random.default_rng(0)
 
     def run_for(batch: int) -> Callable[[], Any]:
-        feed = {model_input.name: rng.standard_normal((batch, *dims[1:])).astype(dtype)}
-        return lambda: session.run(None, feed)
+        x = rng.standard_normal((batch, *model.chw)).astype(model.dtype)
+        return lambda: model(x)
 
     rows = time_batches(run_for, args.batch, iters=args.iters, warmup=args.warmup)
     return {
@@ -194,9 +202,21 @@ def _bench_onnx(args: argparse.Namespace) -> dict[str, Any]:
         "device": "cpu" if session.get_providers()[0] == "CPUExecutionProvider" else "cuda",
         "threads": _ort_threads(session),
         "precision": _onnx_precision(args.model),
-        "input_shape": dims[1:],
+        "input_shape": list(model.chw),
         "results": rows,
     }
+
+
+def _check_batch_fits(needed: int, batch: int, model: str, what: str, available: int | None) -> None:
+    from ._memory import check_fits
+
+    check_fits(
+        needed,
+        f"--batch {batch} ({what})",
+        loc=Loc(model),
+        hint="bench a smaller --batch",
+        available=available,
+    )
 
 
 def _ort_threads(session: Any) -> int | None:

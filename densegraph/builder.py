@@ -33,7 +33,7 @@ from ._output import BuildOutput
 from .cost import batch_tile, totals
 from .data import load_data
 from .describe import CARD_NAME, model_card, model_metadata, read_labels
-from .errors import BuildError
+from .errors import BuildError, Loc
 from .export.onnx import (
     DEFAULT_OPSET,
     check_onnx,
@@ -279,6 +279,9 @@ def _check_options(options: BuildOptions) -> None:
         raise BuildError("--calib is only used with --precision int8")
     if options.calib_samples <= 0:
         raise BuildError(f"--calib-samples must be positive, got {options.calib_samples}")
+    seed = options.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise BuildError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
     trt_only = [
         flag
         for flag, value in (
@@ -490,7 +493,14 @@ def _calibration_data(options: BuildOptions, graph: nx.DiGraph) -> Any:
     """The int8 calibration set (the train split), loaded before any export so that bad data fails fast."""
     shape = tuple(graph.graph["input_shape"])
     assert options.calib is not None  # checked with the options
-    return load_data(options.calib, shape, split="train", max_samples=options.calib_samples)
+    calib = load_data(options.calib, shape, split="train", max_samples=options.calib_samples)
+    if not np.any(calib.x):
+        raise BuildError(
+            f"the calibration data is all zeros ({len(calib)} samples): int8 ranges cannot be measured on it",
+            loc=Loc(str(options.calib)),
+            hint="calibrate on real images, preprocessed as the model expects",
+        )
+    return calib
 
 
 def _int8(

@@ -9,15 +9,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import DensegraphError
 
 __all__ = ["main", "build_parser"]
 
 EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals on one line, like every other densegraph error (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (hint: `{self.prog} --help` lists them)\n")
+
+
+def _finite_positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
+    return value
 
 
 def _positive_int_list(text: str) -> list[int]:
@@ -195,7 +223,7 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="densegraph",
         description="A compiler for densely connected networks: YAML spec -> graph -> PyTorch, ONNX, TensorRT.",
     )
@@ -247,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="auto|off|N",
         help="run onnxruntime's CPU graph in batch tiles of N samples (auto: sized to the cache)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialization when no --weights")
-    p.add_argument("--workspace", type=float, metavar="GiB", help="TensorRT workspace pool limit")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initialization when no --weights")
+    p.add_argument(
+        "--workspace", type=_finite_positive_float, metavar="GiB", help="TensorRT workspace pool limit"
+    )
     p.add_argument("--dla", type=int, metavar="CORE", help="build for this DLA core (Jetson), GPU fallback")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
     p.add_argument("--hardware-compat", action="store_true", help="TensorRT engine for Ampere and newer GPUs")
@@ -280,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: what the ONNX is typed as",
     )
     p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
-    p.add_argument("--workspace", type=float, metavar="GiB")
+    p.add_argument("--workspace", type=_finite_positive_float, metavar="GiB")
     p.add_argument("--dla", type=int, metavar="CORE")
     p.add_argument("--timing-cache", metavar="FILE")
     p.add_argument("--hardware-compat", action="store_true")
@@ -302,10 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=None, metavar="N", help="default 30; with --resume, as recorded"
     )
     p.add_argument("--batch-size", type=int, default=64, metavar="B")
-    p.add_argument("--lr", type=float, default=0.1, metavar="LR")
+    p.add_argument("--lr", type=_finite_positive_float, default=0.1, metavar="LR")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--memory-efficient", action="store_true", help="shared block buffers, recomputed BN-ReLU")
     p.add_argument(
         "--threads",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TILE_BYTES", "batch_tile", "op_output", "op_params", "op_macs", "totals"]
+__all__ = ["TILE_BYTES", "batch_tile", "op_output", "op_params", "op_macs", "totals", "peak_activation_bytes"]
 
 # The cache budget of one batch tile: a tile's largest concatenation group (the block buffer a dense block
 # fills) should stay in the last-level cache from one layer to the next, and under glibc's mmap threshold.
@@ -83,3 +83,18 @@ def batch_tile(graph: Any, element_bytes: int = 4, budget: int = TILE_BYTES) -> 
             for _, data in graph.nodes(data=True)
         )
     return max(1, budget // (largest * element_bytes))
+
+
+def peak_activation_bytes(graph: Any, batch: int, element_bytes: int = 4) -> int:
+    """The feature maps an inference at ``batch`` samples holds at once at its busiest node: that node's input
+    (its concatenation) and every map its ops produce (its ``activations``), in bytes.
+
+    An estimate that errs low (an eager run also keeps the maps later nodes still read), made before anything is
+    allocated so that a batch that cannot fit is refused instead of exhausting the machine.
+    """
+    per_sample = 0
+    for _, data in graph.nodes(data=True):
+        height, width = data.get("in_size") or (0, 0)
+        inputs = max(int(data.get("concat_elements", 0)), int(data.get("in_channels") or 0) * height * width)
+        per_sample = max(per_sample, inputs + int(data.get("activations", 0)))
+    return int(batch) * per_sample * element_bytes

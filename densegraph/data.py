@@ -19,6 +19,7 @@ This module imports neither torch nor scikit-learn at import time (the ONNX cali
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._memory import check_fits, human_bytes
 from .errors import DataError, Loc
 
 __all__ = [
@@ -133,6 +135,7 @@ def _npy(path: Path, shape: tuple[int, int, int]) -> Dataset:
     where = Loc(str(path))
     if not path.is_file():
         raise DataError("no such file" if not path.exists() else "not a file", loc=where)
+    _check_npy_header(path, shape)
     try:
         x = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -149,7 +152,50 @@ def _npy(path: Path, shape: tuple[int, int, int]) -> Dataset:
         )
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"the array holds {x.dtype}, not numbers", loc=where)
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"the array holds complex numbers ({x.dtype}), not pixel values", loc=where)
+    if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+        first = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
+        raise DataError(f"the array holds NaN or infinite values (first in sample {first})", loc=where)
     return Dataset(np.ascontiguousarray(x, dtype=np.float32), np.zeros(0, np.int64), [], str(path))
+
+
+def _check_npy_header(path: Path, shape: tuple[int, int, int]) -> None:
+    """Read only the header: refuse a file shorter than the array it declares, or an array (and its float32
+    copy) larger than the memory available, before any of it is allocated."""
+    where = Loc(str(path))
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is None:  # a format np.load may know (3.0): let it judge the file
+                return
+            dims, _, dtype = read_header(f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"not a plain .npy array ({exc})", loc=where) from None
+    count = math.prod(dims)
+    declared = count * dtype.itemsize
+    size = path.stat().st_size - offset
+    if dtype.hasobject:
+        return  # np.load refuses it (allow_pickle=False) with its own message
+    if size < declared:
+        raise DataError(
+            f"the header declares a {dtype} array {list(dims)} ({human_bytes(declared)}), the file holds "
+            f"{human_bytes(size)} of data",
+            loc=where,
+            hint="the file is truncated or its header is damaged",
+        )
+    copy = count * 4 if dtype != np.float32 else 0
+    check_fits(
+        declared + copy,
+        f"reading the array {list(dims)} {dtype}",
+        loc=where,
+        hint="calibrate on a smaller file (a few hundred samples are enough)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

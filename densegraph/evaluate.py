@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,15 @@ import numpy as np
 from .data import Dataset, load_data
 from .errors import DataError, DensegraphError, Loc
 
-__all__ = ["evaluate", "predictor_from_path", "run_eval", "ONNX_SUFFIXES", "ENGINE_SUFFIXES"]
+__all__ = [
+    "evaluate",
+    "predictor_from_path",
+    "run_eval",
+    "onnx_image_model",
+    "OnnxImageModel",
+    "ONNX_SUFFIXES",
+    "ENGINE_SUFFIXES",
+]
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -77,7 +87,53 @@ def _torch_predictor(spec: str, weights: str, device: str) -> tuple[Predictor, t
     return predict, (c, h, w), f"{spec} + {weights} (PyTorch, {device})"
 
 
-def _onnx_predictor(path: str, device: str) -> tuple[Predictor, tuple[int, int, int], str]:
+_ORT_IMAGE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_LOGIT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+
+
+@dataclass(frozen=True)
+class OnnxImageModel:
+    """An onnxruntime session on a model that takes one image batch and gives logits, checked on load.
+
+    Call it with an array ``[n, C, H, W]`` (cast to the input's type); a failure inside onnxruntime is one
+    :class:`DensegraphError` naming the model.
+    """
+
+    session: Any
+    path: str
+    input_name: str
+    output_name: str
+    chw: tuple[int, int, int]
+    fixed_batch: int | None
+    dtype: Any
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        try:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise DensegraphError(
+                f"onnxruntime failed running the model on a batch {list(x.shape)}: {_ort_reason(exc)}",
+                loc=Loc(self.path),
+                hint="eval and bench feed images [batch, C, H, W] to a model exported for them",
+            ) from None
+
+
+def _ort_reason(exc: Exception) -> str:
+    """onnxruntime's message without its source path and C++ signature: ``the Reshape node: The input …``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    found = re.search(r"while running (\S+) node.*?Status Message: (.*)", text)
+    if found is None:
+        return text
+    reason = re.sub(r"^/\S+:\d+ \S+\(.*?\) ", "", found.group(2))
+    return f"the {found.group(1)} node: {reason}"
+
+
+def onnx_image_model(path: str, providers: list[str]) -> OnnxImageModel:
+    """Open ``path`` in onnxruntime and check that it takes one float image batch ``[batch, C, H, W]`` (fixed
+    C, H, W) and gives float logits ``[batch, classes]``; anything else is one :class:`DensegraphError`."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -85,46 +141,80 @@ def _onnx_predictor(path: str, device: str) -> tuple[Predictor, tuple[int, int, 
     where = Loc(path)
     if not Path(path).is_file():
         raise DensegraphError("no such file", loc=where, hint="check the path to the ONNX model")
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DensegraphError(
-                "--device cuda: onnxruntime has no CUDA provider", hint="pip install onnxruntime-gpu"
-            )
-        providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failure is reported once, as one line, by the caller
     try:
         session = ort.InferenceSession(path, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DensegraphError(f"onnxruntime cannot load the model: {first}", loc=where) from None
+    expects = "one input, images [batch, C, H, W] float32 (or float16)"
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    inp = next((i for i in inputs if i.name == "images"), inputs[0])
-    out = next((o for o in outputs if o.name == "logits"), outputs[0])
+    if len(inputs) != 1:
+        names = ", ".join(f"{i.name!r} {i.type} {list(i.shape)}" for i in inputs) or "none"
+        raise DensegraphError(
+            f"the model has {len(inputs)} required inputs ({names}); densegraph feeds {expects}", loc=where
+        )
+    inp = inputs[0]
+    dtype = _ORT_IMAGE_TYPES.get(inp.type)
+    if dtype is None:
+        raise DensegraphError(
+            f"input {inp.name!r} is {inp.type}; densegraph feeds {expects}",
+            loc=where,
+            hint="this model does not take images",
+        )
     shape = list(inp.shape)
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
         raise DensegraphError(
-            f"input {inp.name!r} has shape {shape}; expected [batch, C, H, W] with fixed C, H, W", loc=where
+            f"input {inp.name!r} has shape {shape}; densegraph feeds {expects} with fixed C, H, W", loc=where
         )
-    fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    out = next((o for o in outputs if o.name == "logits"), outputs[0])
+    if out.type not in _ORT_LOGIT_TYPES or (isinstance(out.shape, list) and len(out.shape) != 2):
+        raise DensegraphError(
+            f"output {out.name!r} is {out.type} {list(out.shape)}; expected float logits [batch, classes]",
+            loc=where,
+        )
+    fixed = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    c, h, w = shape[1:]
+    return OnnxImageModel(session, path, inp.name, out.name, (c, h, w), fixed, dtype)
+
+
+def _onnx_predictor(path: str, device: str) -> tuple[Predictor, tuple[int, int, int], str]:
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DensegraphError(
+                "--device cuda: onnxruntime has no CUDA provider", hint="pip install onnxruntime-gpu"
+            )
+        providers.insert(0, "CUDAExecutionProvider")
+    model = onnx_image_model(path, providers)
+    fixed_batch = model.fixed_batch
+
+    def checked(x: np.ndarray) -> np.ndarray:
+        logits = np.asarray(model(x))
+        if logits.ndim != 2 or logits.shape[0] != len(x):
+            raise DensegraphError(
+                f"the model gave outputs of shape {list(logits.shape)} for {len(x)} inputs; expected "
+                "[batch, classes]",
+                loc=Loc(path),
+            )
+        return logits
 
     def predict(x: np.ndarray) -> np.ndarray:
-        x = x.astype(dtype, copy=False)
         if fixed_batch is None:
-            return session.run([out.name], {inp.name: x})[0].astype(np.float32)
+            return checked(x).astype(np.float32)
         pieces = []
         for start in range(0, len(x), fixed_batch):
             chunk = x[start : start + fixed_batch]
             n = len(chunk)
             if n < fixed_batch:
                 chunk = np.concatenate([chunk, np.zeros((fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
-            pieces.append(session.run([out.name], {inp.name: chunk})[0][:n])
+            pieces.append(checked(chunk)[:n])
         return np.concatenate(pieces).astype(np.float32)
 
-    c, h, w = shape[1:]
-    return predict, (c, h, w), f"{path} (onnxruntime, {session.get_providers()[0]})"
+    return predict, model.chw, f"{path} (onnxruntime, {model.session.get_providers()[0]})"
 
 
 def _engine_predictor(path: str) -> tuple[Predictor, tuple[int, int, int], str]:

@@ -19,6 +19,8 @@ import argparse
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from ._io import write_atomic
 from .errors import DensegraphError, Loc
 
 __all__ = ["BlockHeatmap", "heatmap_matrices", "heatmap_json", "run_heatmap"]
@@ -106,8 +109,12 @@ def heatmap_json(maps: list[BlockHeatmap], **meta: Any) -> dict[str, Any]:
 
 
 def run_heatmap(args: argparse.Namespace) -> int:
-    """``densegraph heatmap SPEC --weights W -o FIG.png [--json]``."""
-    from ._io import output_file, write_atomic
+    """``densegraph heatmap SPEC --weights W -o FIG.png [--json]``.
+
+    With ``--json`` the figure and ``FIG.json`` are written together or not at all: both are made in a staging
+    folder beside them, after the document has been validated, and moved into place only when both exist.
+    """
+    from ._io import output_file
     from .lower.torch import graph_of, to_torch
     from .lower.weights import load_weights
     from .viz import draw_heatmap
@@ -115,20 +122,66 @@ def run_heatmap(args: argparse.Namespace) -> int:
     figure = Path(args.output)
     if not figure.parent.is_dir():
         raise DensegraphError("the output folder does not exist", loc=Loc(str(figure.parent)))
-    for target in (figure, figure.with_suffix(".json")) if args.json else (figure,):
-        output_file(target)  # a device or a folder in the way: refused before the figure is drawn
+    # a device or a folder in the way is refused before the figure is drawn; a link stays, its file is written
+    targets = [output_file(t) for t in ((figure, figure.with_suffix(".json")) if args.json else (figure,))]
     graph = graph_of(args.spec)
     module = to_torch(graph)
     load_weights(module, args.weights, model_name=args.spec)
     maps = heatmap_matrices(graph, module.state_dict())
     if not maps:
         raise DensegraphError("the spec has no dense blocks to map", loc=Loc(os.fspath(args.spec)))
-    draw_heatmap([m.matrix for m in maps], [m.title for m in maps], figure)
-    print(f"wrote {figure}")
+    text = b""
     if args.json:
         doc = heatmap_json(maps, spec=os.fspath(args.spec), weights=os.fspath(args.weights))
-        target = figure.with_suffix(".json")
-        text = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
-        write_atomic(target, lambda f: f.write(text))
-        print(f"wrote {target}")
+        try:
+            text = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
+        except ValueError:
+            raise DensegraphError(
+                "the weights give non-finite averages: no heat map written",
+                loc=Loc(os.fspath(args.weights)),
+                hint="check the weights for NaN or infinite values",
+            ) from None
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{figure.name}.", suffix=".tmp", dir=targets[0].parent))
+    except OSError as exc:
+        raise DensegraphError(
+            f"cannot write beside the output: {exc.strerror or exc}", loc=Loc(str(figure))
+        ) from None
+    try:
+        staged = [stage / f"figure{figure.suffix}", stage / "figure.json"][: len(targets)]
+        draw_heatmap([m.matrix for m in maps], [m.title for m in maps], staged[0])
+        if args.json:
+            write_atomic(staged[1], lambda f: f.write(text))
+        _replace_together(list(zip(staged, targets, strict=True)), stage)
+    except OSError as exc:
+        # named by the output: the staging folder it happened in is gone by the time the user reads this
+        raise DensegraphError(
+            f"cannot write the heat map{' and its JSON' if args.json else ''}: {exc.strerror or exc}; "
+            "nothing was replaced",
+            loc=Loc(str(figure)),
+        ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    for written in (figure, figure.with_suffix(".json")) if args.json else (figure,):
+        print(f"wrote {written}")
     return 0
+
+
+def _replace_together(moves: list[tuple[Path, Path]], stage: Path) -> None:
+    """Rename each staged file over its target; if one rename fails, put every earlier target back."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for staged, target in moves:
+            backup = None
+            if target.exists():
+                backup = stage / f"previous-{target.name}"
+                os.replace(target, backup)
+            done.append((target, backup))
+            os.replace(staged, target)
+    except BaseException:
+        for target, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+        raise

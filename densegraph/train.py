@@ -24,6 +24,7 @@ import argparse
 import csv
 import hashlib
 import io
+import math
 import os
 import random
 import tempfile
@@ -374,6 +375,34 @@ def _load_resume(path: Path, graph_sha: str, spec_label: str) -> dict[str, Any]:
     missing = [key for key in _CHECKPOINT_KEYS if key not in ckpt]
     if missing:
         raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}", loc=Loc(str(path)))
+    recorded = ckpt["args"]
+    if not isinstance(recorded, dict):
+        raise CheckpointError(
+            f"the checkpoint's args is a {type(recorded).__name__}, not the recorded arguments",
+            loc=Loc(str(path)),
+        )
+    lacking = [key for key in _RECORDED_ARGS if key not in recorded]
+    if lacking:
+        raise CheckpointError(
+            f"the checkpoint's recorded arguments lack {', '.join(lacking)}",
+            loc=Loc(str(path)),
+            hint="resume only a run densegraph train wrote; or start a new one into another -o",
+        )
+    try:
+        _check_recipe(
+            epochs=recorded["epochs"],
+            batch_size=recorded["batch_size"],
+            lr=recorded["lr"],
+            seed=recorded["seed"],
+            flag_prefix="recorded ",
+        )
+        for key in ("augment", "memory_efficient"):
+            if not isinstance(recorded[key], bool):
+                raise DensegraphError(f"recorded {key} must be true or false, got {recorded[key]!r}")
+        if not isinstance(ckpt["epoch"], int) or isinstance(ckpt["epoch"], bool) or ckpt["epoch"] < 0:
+            raise DensegraphError(f"recorded epoch must be a count, got {ckpt['epoch']!r}")
+    except DensegraphError as exc:
+        raise CheckpointError(f"the checkpoint is damaged: {exc.message}", loc=Loc(str(path))) from None
     if ckpt.get("graph_sha256") != graph_sha:
         raise CheckpointError(
             f"the checkpoint was trained for another network ({ckpt.get('graph_name')!r} from "
@@ -382,6 +411,66 @@ def _load_resume(path: Path, graph_sha: str, spec_label: str) -> dict[str, Any]:
             hint="resume with the spec the run started with, or train into another -o",
         )
     return ckpt
+
+
+_RECORDED_ARGS = ("epochs", "batch_size", "lr", "seed", "augment", "memory_efficient")
+SEED_LIMIT = 2**32  # numpy's legacy seeding, which the run also seeds, takes [0, 2**32)
+
+
+def _check_recipe(*, epochs: Any, batch_size: Any, lr: Any, seed: Any, flag_prefix: str = "--") -> None:
+    """Refuse numbers a run cannot train with (each message names its flag)."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+    if not whole(epochs) or epochs < 1:
+        raise DensegraphError(f"{flag_prefix}epochs must be a positive integer, got {epochs!r}")
+    if not whole(batch_size) or batch_size < 1:
+        raise DensegraphError(f"{flag_prefix}batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or not lr > 0:
+        raise DensegraphError(
+            f"{flag_prefix}lr must be a positive finite number, got {lr!r}",
+            hint="the paper's recipe uses 0.1",
+        )
+    if not whole(seed) or not 0 <= seed < SEED_LIMIT:
+        raise DensegraphError(f"{flag_prefix}seed must be an integer in [0, 2**32), got {seed!r}")
+
+
+def _restore(
+    ckpt: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+) -> None:
+    """Put the model, optimizer, scheduler and RNGs back as the checkpoint saved them, or refuse it."""
+    from .lower.weights import load_weights
+
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError("the checkpoint's state_dict is not a dict of tensors", loc=Loc(str(path)))
+    load_weights(model, state, model_name="the spec", origin=path)
+    part = "optimizer"
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for param in model.parameters():
+            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None and (buffer.shape != param.shape or not bool(torch.isfinite(buffer).all())):
+                raise ValueError(
+                    f"a momentum buffer of shape {list(buffer.shape)} for a {list(param.shape)} weight"
+                )
+        part = "scheduler"
+        scheduler.load_state_dict(ckpt["scheduler"])
+        part = "rng"
+        _set_rng_state(ckpt["rng"], device)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CheckpointError(
+            f"the checkpoint's {part} state cannot be restored ({detail})",
+            loc=Loc(str(path)),
+            hint="the file is damaged or was not written by densegraph train; start a new run into another -o",
+        ) from None
 
 
 def _resolve_device(name: str, dist: _Dist) -> torch.device:
@@ -484,10 +573,7 @@ def train(
     epochs = DEFAULT_EPOCHS if epochs is None else epochs
     if threads is not None and threads < 0:
         raise DensegraphError(f"--threads must be 0 (all cores) or positive, got {threads}")
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise DensegraphError(
-            f"epochs and batch size must be positive and lr > 0 (got {epochs}, {batch_size}, {lr})"
-        )
+    _check_recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     if batch_size % dist.world:
         raise DensegraphError(
             f"--batch-size {batch_size} is the global batch and must divide among {dist.world} processes",
@@ -525,13 +611,16 @@ def train(
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=LR_DECAY)
         start, best_top1, best_epoch, history = 1, -1.0, 0, []
         if ckpt is not None:
-            model.load_state_dict(ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            _set_rng_state(ckpt["rng"], torch_device)
+            _restore(ckpt, last_path, model, optimizer, scheduler, torch_device)
             start = int(ckpt["epoch"]) + 1
-            best_top1, best_epoch = float(ckpt["best_top1"]), int(ckpt["best_epoch"])
-            history = [dict(row) for row in ckpt["metrics"]]
+            try:
+                best_top1, best_epoch = float(ckpt["best_top1"]), int(ckpt["best_epoch"])
+                history = [{key: row[key] for key in METRICS_COLUMNS} for row in ckpt["metrics"]]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"the checkpoint's best_top1, best_epoch or metrics are damaged ({type(exc).__name__}: {exc})",
+                    loc=Loc(str(last_path)),
+                ) from None
             milestones = sorted(scheduler.milestones)
         if dist.main and not run.exists():
             run.mkdir(parents=True)
@@ -603,6 +692,15 @@ def train(
                 loss_sum, correct, count, val_loss_sum, val_correct, val_count = _all_sum(
                     [*train_sums, *val_sums], dist, torch_device
                 )
+                if not math.isfinite(loss_sum):
+                    kept = (
+                        f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+                    )
+                    raise DensegraphError(
+                        f"training diverged in epoch {epoch}: the loss is {loss_sum / count} ({kept})",
+                        loc=Loc(str(run)),
+                        hint=f"train with a smaller --lr than {lr}",
+                    )
                 scheduler.step()
                 row = {
                     "epoch": epoch,

@@ -15,9 +15,12 @@ before anything in it runs. Accepted layouts:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +37,7 @@ __all__ = [
     "load_file",
     "normalize_state_dict",
     "load_weights",
+    "check_tensors",
     "save_atomic",
     "run_import_weights",
 ]
@@ -47,6 +51,17 @@ _PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 3
 
 
+# torch's safe unpickler names a refused global one way (``Unsupported global: GLOBAL builtins.eval``) or, for a
+# module it blocks outright (torch >= 2.13), another (``unsupported GLOBAL posix.system whose module posix is
+# blocked``)
+_REFUSED_GLOBAL = (
+    re.compile(r"Unsupported global: GLOBAL (\S+)"),
+    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"),
+)
+# what torch.save itself pickles: a refusal that names none of these came from something else in the file
+_TORCH_SAVE_MODULES = ("torch", "collections")
+
+
 def load_file(path: str | os.PathLike[str]) -> Any:
     """``torch.load`` with ``weights_only=True`` on CPU; every failure becomes one :class:`CheckpointError`."""
     where = Loc(os.fspath(path))
@@ -56,14 +71,20 @@ def load_file(path: str | os.PathLike[str]) -> Any:
     if p.is_dir():
         raise CheckpointError("is a directory, not a weights file", loc=where)
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 …": the outcome is reported below
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
+        found = next((m.group(1) for rx in _REFUSED_GLOBAL if (m := rx.search(text))), None)
+        if found is None or found.split(".", 1)[0] in _TORCH_SAVE_MODULES:
+            # refused before any global (an opcode the safe unpickler lacks), or at one of torch's own that
+            # something else follows: read the opcodes ourselves, and name the global from elsewhere
+            found = _code_global(p) or found
+        if found is not None:
             raise CheckpointError(
-                f"refusing to load: the file pickles the Python object {found.group(1)!r}, and loading it could run "
-                "code (only tensors, dicts, lists, numbers and strings are accepted)",
+                f"refusing to load: the file pickles the Python object {found!r}, and loading it would run code "
+                "(only tensors, dicts, lists, numbers and strings are accepted)",
                 loc=where,
                 hint="re-save it as a plain state_dict (torch.save(model.state_dict(), path)) where it came from",
             ) from None
@@ -81,6 +102,43 @@ def load_file(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(
             f"not a PyTorch weights file (corrupt or another format: {type(exc).__name__})", loc=where
         ) from None
+
+
+def _code_global(path: Path) -> str | None:
+    """The first global a pickle (a plain one, or ``data.pkl`` of torch's zip format) names outside what
+    ``torch.save`` writes, found by reading its opcodes (nothing is unpickled); ``None`` if there is none."""
+    try:  # what torch's safe unpickler accepts (private: without it, torch's and collections' names pass)
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError, TypeError):
+        allowed = set()
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(
+                    (n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None
+                )
+                data = archive.read(name) if name is not None else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(64 << 20)
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if isinstance(arg, str) and "UNICODE" in opcode.name:
+                strings = [*strings[-1:], arg]
+            name = None
+            if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                name = arg.replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) == 2:
+                name = ".".join(strings)
+            if name is not None and name not in allowed and name.split(".", 1)[0] not in _TORCH_SAVE_MODULES:
+                return name
+            if opcode.name == "STOP":
+                break
+    except Exception:  # a malformed pickle: then it is only "not a weights file"
+        return None
+    return None
 
 
 def normalize_state_dict(obj: Any, *, where: Loc | None = None) -> dict[str, torch.Tensor]:
@@ -131,14 +189,16 @@ def load_weights(
     source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
     *,
     model_name: str | None = None,
+    origin: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Load a weights file (or a state_dict) into ``module`` strictly; a mismatch is one :class:`CheckpointError`.
 
-    The error names the first few missing and unexpected keys and shape mismatches, with their counts.
+    The error names the first few missing and unexpected keys and shape mismatches, with their counts, or the
+    first tensor :func:`check_tensors` refuses. ``origin``: the file a state_dict came from, for the messages.
     """
     if isinstance(source, Mapping):
-        where = None
-        state = normalize_state_dict(source)
+        where = Loc(os.fspath(origin)) if origin is not None else None
+        state = normalize_state_dict(source, where=where)
     else:
         where = Loc(os.fspath(source))
         state = state_dict_from_file(source)
@@ -165,11 +225,59 @@ def load_weights(
             loc=where,
             hint="were they made for another spec? compare `densegraph summary SPEC` with the network that saved them",
         )
+    check_tensors(state, expected, where=where)
     for key, value in expected.items():
         if key not in state:
             state[key] = torch.zeros_like(value)
-    module.load_state_dict(state, strict=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # what check_tensors does not foresee: still the file's fault, one line
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"the weights cannot be loaded: {detail[:300]}", loc=where) from None
     return module
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def check_tensors(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], *, where: Loc | None = None
+) -> None:
+    """Refuse tensors that have the right name and shape but cannot be weights: sparse, meta (no data),
+    quantized, complex, integer where the model has floating point, and NaN or infinite values (the first
+    offending key is named)."""
+    for key, value in state.items():
+        model = expected.get(key)
+        if model is None:
+            continue
+        problem = None
+        if value.layout != torch.strided:
+            problem = f"is a sparse tensor ({str(value.layout).removeprefix('torch.')})"
+        elif value.is_meta:
+            problem = "is a meta tensor: it has a shape but no values"
+        elif value.is_quantized:
+            problem = f"is quantized ({_dtype(value)})"
+        elif value.is_complex():
+            problem = f"is complex ({_dtype(value)})"
+        elif model.is_floating_point() and not value.is_floating_point():
+            problem = f"holds {_dtype(value)} values, the model {_dtype(model)}"
+        if problem is not None:
+            raise CheckpointError(
+                f"{key} {problem}", loc=where, hint="save the dense floating-point state_dict of the model"
+            )
+    for key, value in state.items():
+        if key in expected and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = value[~torch.isfinite(value)]
+            nan = int(torch.isnan(bad).sum())
+            counts = ", ".join(
+                f"{n} {what}" for n, what in ((nan, "NaN"), (bad.numel() - nan, "infinite")) if n
+            )
+            raise CheckpointError(
+                f"{key} holds non-finite values ({counts} of {value.numel()})",
+                loc=where,
+                hint="the run that saved these weights diverged; use an earlier checkpoint",
+            )
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
