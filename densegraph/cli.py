@@ -48,6 +48,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -66,8 +76,10 @@ def _batch_range(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX (e.g. 1:8:32), got {text!r}") from None
     if len(values) == 1:
         values = values * 3
-    if len(values) != 3 or not (0 < values[0] <= values[1] <= values[2]):
-        raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX with 0 < MIN <= OPT <= MAX, got {text!r}")
+    if len(values) != 3 or not (0 < values[0] <= values[1] <= values[2] < 2**31):
+        raise argparse.ArgumentTypeError(
+            f"expected MIN:OPT:MAX with 0 < MIN <= OPT <= MAX < 2**31 (TensorRT's dimensions), got {text!r}"
+        )
     return values[0], values[1], values[2]
 
 
@@ -279,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workspace", type=_finite_positive_float, metavar="GiB", help="TensorRT workspace pool limit"
     )
-    p.add_argument("--dla", type=int, metavar="CORE", help="build for this DLA core (Jetson), GPU fallback")
+    p.add_argument(
+        "--dla", type=_nonnegative_int, metavar="CORE", help="build for this DLA core (Jetson), GPU fallback"
+    )
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
     p.add_argument("--hardware-compat", action="store_true", help="TensorRT engine for Ampere and newer GPUs")
     p.add_argument(
@@ -311,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=_batch_range, default=(1, 8, 32), metavar="MIN:OPT:MAX")
     p.add_argument("--workspace", type=_finite_positive_float, metavar="GiB")
-    p.add_argument("--dla", type=int, metavar="CORE")
+    p.add_argument("--dla", type=_nonnegative_int, metavar="CORE")
     p.add_argument("--timing-cache", metavar="FILE")
     p.add_argument("--hardware-compat", action="store_true")
     p.add_argument("--version-compat", action="store_true")
@@ -339,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-efficient", action="store_true", help="shared block buffers, recomputed BN-ReLU")
     p.add_argument(
         "--threads",
-        type=int,
+        type=_nonnegative_int,
         default=None,
         metavar="N",
         help="CPU threads per process (default: $OMP_NUM_THREADS if set, else 1, as torchrun does; 0: all cores)",

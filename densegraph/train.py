@@ -414,6 +414,7 @@ def _load_resume(path: Path, graph_sha: str, spec_label: str) -> dict[str, Any]:
 
 
 _RECORDED_ARGS = ("epochs", "batch_size", "lr", "seed", "augment", "memory_efficient")
+MAX_THREADS_PER_CORE = 16  # more is never faster, and each thread costs its stack
 SEED_LIMIT = 2**32  # numpy's legacy seeding, which the run also seeds, takes [0, 2**32)
 
 
@@ -573,6 +574,12 @@ def train(
     epochs = DEFAULT_EPOCHS if epochs is None else epochs
     if threads is not None and threads < 0:
         raise DensegraphError(f"--threads must be 0 (all cores) or positive, got {threads}")
+    if threads is not None and threads > MAX_THREADS_PER_CORE * (os.cpu_count() or 1):
+        raise DensegraphError(
+            f"--threads {threads} is more than {MAX_THREADS_PER_CORE} per core of this machine's "
+            f"{os.cpu_count()}: the first parallel op would start them all",
+            hint="use --threads 0 for one per core",
+        )
     _check_recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     if batch_size % dist.world:
         raise DensegraphError(
