@@ -25,7 +25,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its refusals on one line, like every other densegraph error (exit status 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (hint: `{self.prog} --help` lists them)\n")
+        self.exit(
+            EXIT_USER_ERROR, f"{self.prog}: error: {message} (hint: `{self.prog} --help` lists the options)\n"
+        )
 
 
 def _finite_positive_float(text: str) -> float:

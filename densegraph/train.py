@@ -500,7 +500,8 @@ def _load_splits(data: Any, input_shape: tuple[int, int, int]) -> tuple[Dataset,
     for name, part in (("train", train_set), ("val", val_set)):
         if tuple(part.x.shape[1:]) != tuple(input_shape):
             raise DataError(
-                f"{name} inputs are {list(part.x.shape[1:])}, the model takes {list(input_shape)}"
+                f"{name} inputs are {list(part.x.shape[1:])}, the model takes {list(input_shape)}",
+                loc=Loc(label),
             )
         if len(part) == 0 or part.y.shape[0] != len(part):
             raise DataError(f"the {name} split has no labelled samples", loc=Loc(label))
