@@ -12,10 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import DensegraphError, Loc
+from .errors import Loc, OutputError
 
 __all__ = [
-    "OutputError",
     "file_sha256",
     "file_kind",
     "output_file",
@@ -23,11 +22,6 @@ __all__ = [
     "write_atomic",
     "write_bytes_atomic",
 ]
-
-
-class OutputError(DensegraphError):
-    """An output path densegraph will not write or replace (a device, a folder, someone else's files), or
-    cannot (no space, no permission)."""
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ._io import OutputError, file_kind, file_sha256, umask
-from .errors import DensegraphError, Loc
+from ._io import file_kind, file_sha256, umask
+from .errors import DensegraphError, Loc, OutputError
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 __all__ = [

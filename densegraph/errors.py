@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Loc", "DensegraphError", "SpecError", "CheckpointError", "DataError", "BuildError"]
+__all__ = ["Loc", "DensegraphError", "SpecError", "CheckpointError", "DataError", "BuildError", "OutputError"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,8 @@ class DataError(DensegraphError):
 
 class BuildError(DensegraphError):
     """A build step (export, check, parity gate, engine build) that failed on the user's input."""
+
+
+class OutputError(DensegraphError):
+    """An output path densegraph will not write or replace (a device, a folder, files it did not write), or
+    cannot (no space, no permission)."""

@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import OutputError, file_sha256, output_file, write_atomic
+from ._io import file_sha256, output_file, write_atomic
 from ._output import refuse_overwrite
 from .data import Dataset, data_loader, load_data
-from .errors import CheckpointError, DataError, DensegraphError, Loc
+from .errors import CheckpointError, DataError, DensegraphError, Loc, OutputError
 from .graph import graph_of, graph_sha256
 from .lower.torch import to_torch
 from .lower.weights import load_file, save_atomic

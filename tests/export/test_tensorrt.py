@@ -19,8 +19,7 @@ import pytest
 import torch
 
 import densegraph.export.tensorrt as trt_backend
-from densegraph._io import OutputError
-from densegraph.errors import BuildError, DensegraphError
+from densegraph.errors import BuildError, DensegraphError, OutputError
 from densegraph.export.tensorrt import (
     EngineOptions,
     EngineRunner,
