@@ -4,7 +4,8 @@ TensorRT engine, per batch size.
 Each batch size runs ``--warmup`` untimed then ``--iters`` timed forward passes on one fixed random batch
 (input already in place: compute, not data loading). A row holds the median (``latency_ms_p50``), p90 and mean
 latency and the throughput ``batch / mean`` in images per second — the same fields as
-:func:`densegraph.export.tensorrt.bench_engine`, which measures engines. A batch that cannot fit in the memory
+:func:`densegraph.export.tensorrt.bench_engine`, which measures engines (both time with
+:func:`densegraph.timing.time_batches`). A batch that cannot fit in the memory
 available (a spec's: its busiest node's feature maps, :func:`densegraph.cost.peak_activation_bytes`; an ONNX
 model's: its input batch) is refused before anything is allocated.
 """
@@ -13,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import DensegraphError, Loc
+from .timing import time_batches
 
-__all__ = ["run_bench", "time_batches", "model_kind"]
+__all__ = ["run_bench", "time_batches", "model_kind", "print_table"]
 
 _ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _SPEC_SUFFIXES = (".yaml", ".yml")
@@ -44,33 +45,6 @@ def model_kind(path: str) -> str:
     )
 
 
-def time_batches(
-    run_for: Callable[[int], Callable[[], Any]], batches: Sequence[int], *, iters: int, warmup: int
-) -> list[dict[str, float]]:
-    """Time ``run_for(batch)()`` ``iters`` times after ``warmup`` calls, for each batch size; one row each."""
-    rows = []
-    for batch in batches:
-        run = run_for(batch)
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        ms = np.array(times) * 1e3
-        rows.append(
-            {
-                "batch": batch,
-                "latency_ms_mean": float(ms.mean()),
-                "latency_ms_p50": float(np.percentile(ms, 50)),
-                "latency_ms_p90": float(np.percentile(ms, 90)),
-                "throughput_per_s": float(batch * 1e3 / ms.mean()),
-            }
-        )
-    return rows
-
-
 def run_bench(args: argparse.Namespace) -> int:
     """``densegraph bench MODEL [--batch 1,8] [--iters N] [--warmup N] [--frozen] [--device D] [--json]``."""
     kind = model_kind(args.model)
@@ -87,7 +61,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        _print_table(report)
+        print_table(report)
     return 0
 
 
@@ -250,7 +224,8 @@ def _bench_engine(args: argparse.Namespace) -> dict[str, Any]:
 # output
 
 
-def _print_table(report: dict[str, Any]) -> None:
+def print_table(report: dict[str, Any]) -> None:
+    """The report of a bench run as a table: one row per batch size."""
     from rich.console import Console
     from rich.table import Table
 

@@ -298,6 +298,15 @@ def _check_options(options: BuildOptions) -> None:
             "--target tensorrt (TensorRT takes whole batches)" if options.target == "tensorrt" else "--plain"
         )
         raise BuildError(f"--batch-tile {setting} does not go with {why}", hint="leave --batch-tile out")
+    if options.target == "tensorrt":
+        from .export.tensorrt.builder import MAX_PARSER_OPSET
+
+        if options.opset > MAX_PARSER_OPSET:
+            raise BuildError(
+                f"--opset {options.opset} is newer than the ONNX parser of TensorRT 10.0-10.3 (JetPack 6.1/6.2) "
+                f"takes (opsets <= {MAX_PARSER_OPSET})",
+                hint=f"leave --opset out (19) or pass --opset {MAX_PARSER_OPSET} with --target tensorrt",
+            )
     if trt_only and options.target != "tensorrt":
         verb = "applies" if len(trt_only) == 1 else "apply"
         raise BuildError(

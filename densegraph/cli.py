@@ -226,6 +226,52 @@ def _cmd_locate(args: argparse.Namespace) -> int:
 # the stages that need a backend: imported on use
 
 
+def _cmd_engine(args: argparse.Namespace) -> int:
+    """``densegraph engine MODEL.onnx -o MODEL.engine ...``: build, verify and bench an engine on this device."""
+    from .export.tensorrt import EngineOptions, engine_on_device, inspect_onnx
+
+    if args.iters < 1 or args.warmup < 0:
+        raise DensegraphError(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
+    options = EngineOptions(
+        precision=args.precision or inspect_onnx(args.onnx).precision,
+        batch=tuple(args.batch),
+        workspace_gib=args.workspace,
+        dla_core=args.dla,
+        timing_cache=args.timing_cache,
+        hardware_compat=bool(args.hardware_compat),
+        version_compat=bool(args.version_compat),
+    )
+    result = engine_on_device(
+        args.onnx,
+        args.output,
+        options,
+        verify=not args.no_verify,
+        bench=not args.no_bench,
+        iters=args.iters,
+        warmup=args.warmup,
+        progress=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(
+        f"{result['engine_path']}: {result['precision']}, TensorRT {result['tensorrt_version']}, "
+        f"{result['gpu']['name']} (sm {result['gpu']['compute_capability']})"
+    )
+    if result["bench"]:
+        from .bench import print_table
+
+        print_table(
+            {
+                "model": result["engine_path"],
+                "backend": "tensorrt",
+                "device": result["device"],
+                "precision": result["precision"],
+                "results": result["bench"],
+                "iters": args.iters,
+                "warmup": args.warmup,
+            }
+        )
+    return 0
+
+
 def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -332,7 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware-compat", action="store_true")
     p.add_argument("--version-compat", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
-    p.set_defaults(func=_lazy(".export.tensorrt", "run_engine_command"))
+    p.add_argument("--no-bench", action="store_true", help="skip the latency/throughput table")
+    p.add_argument(
+        "--iters", type=int, default=20, metavar="N", help="timed runs per batch size (default 20)"
+    )
+    p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs first (default 3)")
+    p.set_defaults(func=_cmd_engine)
 
     p = sub.add_parser("import-weights", help="convert a torchvision state_dict or checkpoint for a spec")
     p.add_argument("source", metavar="SRC")

@@ -545,8 +545,10 @@ def test_batch_tile_takes_auto_off_or_a_count(capsys: pytest.CaptureFixture[str]
 def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine as CI sees it: no tensorrt module, no GPU (whatever is really installed)."""
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    monkeypatch.setattr(trt_backend, "_cuda_available", lambda: False)
-    monkeypatch.setattr(trt_backend, "_tensorrt_installed", lambda: False)
+    from densegraph.export.tensorrt import cuda, trt_api
+
+    monkeypatch.setattr(cuda, "cuda_available", lambda: False)
+    monkeypatch.setattr(trt_api, "tensorrt_installed", lambda: False)
 
 
 def test_tensorrt_target_without_tensorrt_keeps_the_onnx_and_script(

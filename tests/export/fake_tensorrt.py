@@ -1,13 +1,22 @@
-"""A recording stand-in for the ``tensorrt`` module, shaped like TensorRT 10 or TensorRT 11.
+"""A recording stand-in for the ``tensorrt`` module, shaped like TensorRT 8.5, 8.6, 10 or 11.
 
 Only the surface densegraph's backend uses exists, with the real names and signatures (checked against the
 real bindings by test_tensorrt_api.py): what a flavor lacks raises AttributeError, like the real module.
 The flavors differ where the real ones do: TensorRT 11 has no ``BuilderFlag.FP16``/``INT8`` (strongly typed
-only) and no ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``.
+only) and no ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``; TensorRT 8.6 has no ``STRONGLY_TYPED`` and no
+``DataType.BF16``/``INT64``, and ``create_network(0)`` there is an implicit-batch network the ONNX parser
+refuses; 8.5 also lacks ``BuilderFlag.VERSION_COMPATIBLE`` (what densegraph refuses as too old).
+
+It is strict where the real one is: ``set_tensor_address`` refuses an address not aligned to 256 bytes; a
+version-compatible plan deserializes only with ``Runtime.engine_host_code_allowed``; a DLA plan runs on the
+core ``Runtime.DLA_core`` names at deserialization (recorded as ``("dla_core", core)`` per execution); a
+strongly typed network refuses precision builder flags; a dynamic input needs exactly one optimization
+profile, a static one none.
 
 Every call is appended to ``module.fake.calls`` as ``(what, *args)``. The "engine" is honest enough to run:
 the plan is JSON describing the parsed network, and ``execute_async_v3`` reads the input from the address it
-was given, runs the ONNX with onnxruntime and writes the result to the output address.
+was given, runs the ONNX with onnxruntime (an fp16 model onnxruntime's CPU cannot run goes through the fake's
+own fp32 upcast) and writes the result to the output address.
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-VERSIONS = {"10": "10.16.1.11", "11": "11.4.0.106"}
+VERSIONS = {"8.5": "8.5.3.1", "8": "8.6.1.6", "10": "10.16.1.11", "11": "11.4.0.106"}
+ALIGNMENT = 256
 PLAN_MAGIC = b"FAKEPLAN"
 
 
@@ -53,31 +63,41 @@ _TRT_TO_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "IN
 
 
 def make_fake_tensorrt(flavor: str) -> types.ModuleType:
-    """A fresh fake ``tensorrt`` module; ``flavor`` is "10" or "11"."""
+    """A fresh fake ``tensorrt`` module; ``flavor`` is "8.5", "8" (8.6), "10" or "11"."""
     state = FakeState(flavor)
     trt = types.ModuleType("tensorrt")
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", loader=None)
     trt.__version__ = VERSIONS[flavor]
     trt.fake = state
 
+    trt8 = flavor in ("8", "8.5")
     builder_flags = ["DEBUG", "GPU_FALLBACK", "TF32", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
     network_flags = ["STRONGLY_TYPED"]
+    data_types = ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "BF16", "INT64"]
+    compat_levels = ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"]
     if flavor == "10":
         builder_flags = ["FP16", "BF16", "INT8", *builder_flags]
         network_flags = ["EXPLICIT_BATCH", *network_flags]
+    if trt8:
+        builder_flags = ["FP16", "INT8", *builder_flags]
+        network_flags = ["EXPLICIT_BATCH"]
+        data_types = data_types[:6]
+        compat_levels = compat_levels[:2]
+    if flavor == "8.5":
+        builder_flags = builder_flags[:-2]
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags, start=0)
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", network_flags, start=0)
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM"], start=0)
     trt.DeviceType = enum.IntEnum("DeviceType", ["GPU", "DLA"], start=0)
-    trt.HardwareCompatibilityLevel = enum.IntEnum(
-        "HardwareCompatibilityLevel", ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"], start=0
-    )
+    if flavor != "8.5":
+        trt.HardwareCompatibilityLevel = enum.IntEnum("HardwareCompatibilityLevel", compat_levels, start=0)
     trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"], start=0)
-    trt.DataType = enum.IntEnum(
-        "DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "BF16", "INT64"]
-    )
+    trt.DataType = enum.IntEnum("DataType", data_types)
+    precision_flags = {
+        getattr(trt.BuilderFlag, f) for f in ("FP16", "BF16", "INT8") if hasattr(trt.BuilderFlag, f)
+    }
     trt.ErrorCode = enum.IntEnum(
-        "ErrorCode", ["SUCCESS", "INTERNAL_ERROR", "INVALID_NODE", "UNSUPPORTED_NODE"]
+        "ErrorCode", ["SUCCESS", "INTERNAL_ERROR", "INVALID_NODE", "UNSUPPORTED_NODE", "INVALID_GRAPH"]
     )
     severity = enum.IntEnum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"], start=0)
 
@@ -113,6 +133,11 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
     class INetworkDefinition:
         def __init__(self, flags: int) -> None:
             self.flags = flags
+            explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+            # TensorRT 8.x: without EXPLICIT_BATCH the network has an implicit batch dimension
+            self.implicit_batch = trt8 and not (explicit is not None and flags & (1 << int(explicit)))
+            strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+            self.strongly_typed = strongly is not None and bool(flags & (1 << int(strongly)))
             self._inputs: list[ITensor] = []
             self._outputs: list[ITensor] = []
             self.onnx_path: str | None = None
@@ -164,6 +189,13 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             if state.parse_errors:
                 self._errors = [ParserError(e) for e in state.parse_errors]
                 return False
+            if self.network.implicit_batch:
+                self._errors = [
+                    ParserError(
+                        {"code": "INVALID_GRAPH", "desc": "the network must have an explicit batch dimension"}
+                    )
+                ]
+                return False
             import onnx
 
             graph = onnx.load(model, load_external_data=False).graph
@@ -204,7 +236,8 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
     class IBuilderConfig:
         _recorded = ("default_device_type", "DLA_core", "hardware_compatibility_level")
 
-        def __init__(self) -> None:
+        def __init__(self, logger: ILogger) -> None:
+            object.__setattr__(self, "logger", logger)
             object.__setattr__(self, "flags", set())
             object.__setattr__(self, "profiles", [])
             object.__setattr__(self, "pools", {})
@@ -247,6 +280,7 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
         def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
             record("IBuilderConfig.set_timing_cache", cache.data, ignore_mismatch)
             if state.reject_timing_cache and cache.data:
+                self.logger.log(severity.ERROR, "Error Code 1: Serialization (timing cache mismatch)")
                 return False
             object.__setattr__(self, "cache", cache)
             return True
@@ -274,7 +308,7 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
 
         def create_builder_config(self) -> IBuilderConfig:
             record("Builder.create_builder_config")
-            return IBuilderConfig()
+            return IBuilderConfig(self.logger)
 
         def create_optimization_profile(self) -> IOptimizationProfile:
             record("Builder.create_optimization_profile")
@@ -288,10 +322,25 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
                 self.logger.log(severity.WARNING, "some warning before the failure")
                 self.logger.log(severity.ERROR, state.build_error)
                 return None
+            refused = sorted(f.name for f in config.flags & precision_flags)
+            if network.strongly_typed and refused:
+                self.logger.log(
+                    severity.ERROR, f"API Usage Error: {refused} not allowed with a strongly typed network"
+                )
+                return None
+            dynamic = any(-1 in t.shape for t in network._inputs)
+            if dynamic and len(config.profiles) != 1:
+                self.logger.log(severity.ERROR, "a dynamic input needs exactly one optimization profile")
+                return None
+            for profile in [] if dynamic else config.profiles:  # a static input's profile is its shape
+                for t in network._inputs:
+                    if set(profile.shapes.get(t.name, (t.shape,))) != {t.shape}:
+                        self.logger.log(severity.ERROR, "the profile contradicts the static input shape")
+                        return None
             if config.cache is not None:
                 state.cache_builds += 1
-            assert len(config.profiles) == 1, "dynamic batch needs exactly one optimization profile"
-            (profile,) = config.profiles
+            profile_shapes = config.profiles[0].shapes if config.profiles else {}
+            dla = config.default_device_type == trt.DeviceType.DLA
             plan = {
                 "version": trt.__version__,
                 "onnx": network.onnx_path,
@@ -300,7 +349,11 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
                 "device": config.default_device_type.name,
                 "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network._inputs],
                 "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
-                "profile": {k: [list(s) for s in v] for k, v in profile.shapes.items()},
+                "profile": {k: [list(s) for s in v] for k, v in profile_shapes.items()},
+                "version_compatible": trt.BuilderFlag.VERSION_COMPATIBLE in config.flags
+                if hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE")
+                else False,
+                "dla": dla,
             }
             blob = PLAN_MAGIC + json.dumps(plan).encode()
             state.plans.append(blob)
@@ -314,7 +367,8 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
 
         def set_input_shape(self, name: str, shape: Any) -> bool:
             record("IExecutionContext.set_input_shape", name, tuple(shape))
-            lo, _, hi = self.engine.profile[name]
+            static = self.engine.tensors[name][1]
+            lo, _, hi = self.engine.profile.get(name, (static, static, static))
             shape = tuple(shape)
             ok = len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
             if ok:
@@ -330,26 +384,33 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
         def set_tensor_address(self, name: str, memory: int) -> bool:
             record("IExecutionContext.set_tensor_address", name)
             assert isinstance(memory, int) and memory != 0
+            if memory % ALIGNMENT:
+                self.engine.logger.log(
+                    severity.ERROR, f"setTensorAddress: address of {name} is not aligned to {ALIGNMENT} bytes"
+                )
+                return False
             self.addresses[name] = memory
             return True
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             record("IExecutionContext.execute_async_v3", stream_handle)
-            import onnxruntime as ort
 
             engine = self.engine
             (in_name,) = engine.input_names
             in_shape = self.shapes[in_name]
             x = _read(self.addresses[in_name], in_shape, engine.tensors[in_name][2])
-            session = ort.InferenceSession(engine.onnx, providers=["CPUExecutionProvider"])
-            results = session.run(None, {in_name: x})
+            if engine.dla_core is not None:
+                record("dla_core", engine.dla_core)
+            results = _run_onnx(engine.onnx, in_name, x)
             for out_name, value in zip(engine.output_names, results, strict=True):
                 value = np.asarray(value) + state.perturb
                 _write(self.addresses[out_name], value.astype(_TRT_TO_NUMPY[engine.tensors[out_name][2]]))
             return True
 
     class ICudaEngine:
-        def __init__(self, plan: dict[str, Any]) -> None:
+        def __init__(self, plan: dict[str, Any], logger: ILogger, dla_core: int | None) -> None:
+            self.logger = logger
+            self.dla_core = dla_core
             self.onnx = plan["onnx"]
             self.tensors = {n: (trt.TensorIOMode.INPUT, tuple(s), d) for n, s, d in plan["inputs"]}
             self.tensors |= {n: (trt.TensorIOMode.OUTPUT, tuple(s), d) for n, s, d in plan["outputs"]}
@@ -375,6 +436,8 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
 
         def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
             assert profile_index == 0
+            if name not in self.profile:  # a static engine was built without a profile
+                raise RuntimeError(f"no optimization profile holds {name!r}")
             return self.profile[name]
 
         def create_execution_context(self) -> IExecutionContext:
@@ -382,17 +445,20 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             return IExecutionContext(self)
 
     class Runtime:
+        _writable = ("logger", "engine_host_code_allowed", "DLA_core")
+
         def __init__(self, logger: ILogger) -> None:
             assert isinstance(logger, ILogger)
             record("Runtime", logger)
-            self.logger = logger
+            object.__setattr__(self, "logger", logger)
             object.__setattr__(self, "engine_host_code_allowed", False)
+            object.__setattr__(self, "DLA_core", -1)
 
         def __setattr__(self, name: str, value: Any) -> None:
-            if name not in ("logger", "engine_host_code_allowed"):
+            if name not in self._writable:
                 raise AttributeError(f"Runtime has no writable attribute {name!r}")
-            if name == "engine_host_code_allowed":
-                record("Runtime.engine_host_code_allowed", value)
+            if name != "logger":
+                record(f"Runtime.{name}", value)
             object.__setattr__(self, name, value)
 
         def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
@@ -409,7 +475,17 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
                     severity.ERROR, f"plan built with {plan['version']}, runtime {trt.__version__}"
                 )
                 return None
-            return ICudaEngine(plan)
+            if plan.get("version_compatible") and not self.engine_host_code_allowed:
+                self.logger.log(
+                    severity.ERROR,
+                    "Error Code 1: Serialization (the plan contains host code; engine host code is not allowed)",
+                )
+                return None
+            dla_core = max(self.DLA_core, 0) if plan.get("dla") else None
+            if dla_core is not None and dla_core >= state.num_dla_cores:
+                self.logger.log(severity.ERROR, f"DLA core {dla_core} does not exist")
+                return None
+            return ICudaEngine(plan, self.logger, dla_core)
 
     for cls in (ILogger, Logger, Builder, OnnxParser, Runtime, ParserError):
         setattr(trt, cls.__name__, cls)
@@ -420,6 +496,37 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
     )
     trt.IExecutionContext, trt.ITimingCache = IExecutionContext, ITimingCache
     return trt
+
+
+def _run_onnx(path: str, in_name: str, x: np.ndarray) -> list[np.ndarray]:
+    """onnxruntime on the CPU; an fp16 model it has no kernels for runs as an fp32 upcast (the fake's own)."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception:  # NOT_IMPLEMENTED for fp16 kernels
+        model = onnx.load(path)
+        _fp16_to_fp32(model.graph)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {in_name: x})
+
+
+def _fp16_to_fp32(graph: Any) -> None:
+    from onnx import TensorProto, numpy_helper
+
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT16:
+            graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name)
+            )
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT16:
+                a.i = TensorProto.FLOAT
 
 
 def _read(address: int, shape: tuple[int, ...], dtype_name: str) -> np.ndarray:
@@ -435,10 +542,12 @@ def _write(address: int, value: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# tiny real ONNX models with the project's signature: images [batch, 3, 8, 8] float32 -> logits [batch, 5]
+# tiny real ONNX models with the project's signature: images [batch, 3, hw, hw] float32 -> logits [batch, 5]
 
 
-def make_tiny_onnx(path: Path, kind: str = "fp32", *, batch: int | str = "batch", classes: int = 5) -> Path:
+def make_tiny_onnx(
+    path: Path, kind: str = "fp32", *, batch: int | str = "batch", classes: int = 5, hw: int = 8
+) -> Path:
     """GlobalAveragePool -> Flatten -> Gemm; ``kind`` fp16 is typed (fp16 inside, Casts at the float32 I/O),
     int8 has symmetric QuantizeLinear/DequantizeLinear on the input and the weights, uint8 an asymmetric
     (uint8, zero point 128) input Q/DQ."""
@@ -474,7 +583,7 @@ def make_tiny_onnx(path: Path, kind: str = "fp32", *, batch: int | str = "batch"
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, hw, hw])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
         inits,
     )

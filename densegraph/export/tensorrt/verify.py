@@ -1,0 +1,172 @@
+"""Hold a built engine to a reference run in onnxruntime on the CPU, and time it per batch size.
+
+The reference is always a model onnxruntime's CPU provider runs: the ONNX itself for fp32 and Q/DQ int8,
+and for an fp16-typed ONNX its fp32 twin (same fp16-rounded weights, fp32 types and casts), because the CPU
+provider lacks fp16 kernels for many operators. Bars: fp32 elementwise ``1e-3 + 1e-3 |ref|``; fp16
+``1e-2 * max |ref|``; int8 the logits SQNR bar of the ONNX int8 path (``TOLERANCES["int8_sqnr_db"]``) —
+top-1 agreement on random inputs says little on an untrained net, whose logits are nearly tied.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BuildError, DensegraphError
+from ...timing import time_batches
+from ..onnx import TOLERANCES, logits_sqnr_db
+from .options import PRECISIONS
+
+__all__ = ["verify_engine", "bench_engine", "fp32_twin"]
+
+_CRITERIA = {
+    "fp32": "|trt - ort| <= 1e-3 + 1e-3 * |ort| elementwise",
+    "fp16": "max |trt - ort fp32| <= 1e-2 * max |ort fp32|",
+    "int8": f"logits SQNR >= {TOLERANCES['int8_sqnr_db']:g} dB",
+}
+
+
+def fp32_twin(model: Any) -> Any:
+    """A copy of an ONNX ``ModelProto`` with every float16 initializer, tensor type, Cast target and constant
+    made float32 (the values stay the fp16-rounded ones)."""
+    import onnx
+
+    twin = onnx.ModelProto()
+    twin.CopyFrom(model)
+    _upcast_graph(twin.graph)
+    return twin
+
+
+def _upcast_tensor(tensor: Any) -> None:
+    import onnx
+    import onnx.numpy_helper
+
+    if tensor.data_type == onnx.TensorProto.FLOAT16:
+        tensor.CopyFrom(
+            onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+        )
+
+
+def _upcast_graph(graph: Any) -> None:
+    import onnx
+
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    for tensor in graph.initializer:
+        _upcast_tensor(tensor)
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.tensor_type.elem_type == fp16:
+            value.type.tensor_type.elem_type = fp32
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
+                attr.i = fp32
+            elif attr.type == onnx.AttributeProto.TENSOR:
+                _upcast_tensor(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _upcast_graph(attr.g)
+
+
+def _reference_session(onnx_path: Path, precision: str) -> tuple[Any, str]:
+    """An onnxruntime CPU session on the reference model, and its description."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    what = "the ONNX"
+    if precision == "fp16":
+        model, what = fp32_twin(model), "the fp32 twin of the fp16 ONNX"
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BuildError(
+            f"cannot verify the engine: onnxruntime cannot run {what}: {first}",
+            path=str(onnx_path),
+            hint="the engine is written; rerun with --no-verify to skip the check",
+        ) from None
+    return session, f"onnxruntime {ort.__version__} CPUExecutionProvider on {what}"
+
+
+def verify_engine(
+    runner: Callable[[np.ndarray], Any],
+    onnx_path: str | os.PathLike[str],
+    precision: str,
+    inputs: Iterable[np.ndarray],
+) -> dict[str, Any]:
+    """Compare the engine (``runner``: numpy batch -> logits) with the reference on ``inputs``; a dict for
+    the sidecar with ``passed`` and a one-line ``summary``."""
+    if precision not in PRECISIONS:
+        raise DensegraphError(f"unknown precision {precision!r}")
+    session, reference = _reference_session(Path(onnx_path), precision)
+    in_name = session.get_inputs()[0].name
+    refs, gots, batches = [], [], []
+    for x in inputs:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        ref = np.asarray(session.run(None, {in_name: x})[0], dtype=np.float32)
+        got = runner(x)
+        got = np.asarray(next(iter(got.values())) if isinstance(got, dict) else got, dtype=np.float32)
+        if got.shape != ref.shape:
+            raise BuildError(f"engine output shape {got.shape} != onnxruntime {ref.shape}")
+        refs.append(ref)
+        gots.append(got)
+        batches.append(len(x))
+    return _judge(precision, refs, gots, batches, reference)
+
+
+def _judge(
+    precision: str, refs: list[np.ndarray], gots: list[np.ndarray], batches: list[int], reference: str
+) -> dict[str, Any]:
+    ref, got = np.concatenate(refs), np.concatenate(gots)
+    err = np.abs(got.astype(np.float64) - ref)
+    max_abs, scale = float(err.max()), float(np.abs(ref).max())
+    max_rel = max_abs / max(scale, 1e-12)
+    agreement = float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1)))
+    sqnr = logits_sqnr_db(ref, got)
+    finite = bool(np.all(np.isfinite(got)))
+    if precision == "fp32":
+        passed = finite and bool(np.all(err <= 1e-3 + 1e-3 * np.abs(ref)))
+    elif precision == "fp16":
+        passed = finite and max_abs <= 1e-2 * max(scale, 1e-12)
+    else:
+        passed = finite and sqnr >= TOLERANCES["int8_sqnr_db"]
+    criterion = _CRITERIA[precision]
+    summary = (
+        f"{'pass' if passed else 'FAIL'} ({criterion}): max abs err {max_abs:.3g}, max rel err {max_rel:.3g}, "
+        f"SQNR {sqnr:.1f} dB, top-1 agreement {agreement:.1%} over {len(ref)} samples"
+    )
+    return {
+        "reference": reference,
+        "precision": precision,
+        "criterion": criterion,
+        "batches": batches,
+        "samples": len(ref),
+        "max_abs_err": max_abs,
+        "max_rel_err": max_rel,
+        "sqnr_db": round(sqnr, 1),
+        "top1_agreement": agreement,
+        "passed": bool(passed),
+        "summary": summary,
+    }
+
+
+def bench_engine(
+    runner: Any, batch_sizes: Sequence[int], *, iters: int = 20, warmup: int = 3
+) -> list[dict[str, Any]]:
+    """Latency and throughput per batch size. Inside the engine's batch range the input is staged on the
+    device once (engine time, not transfers); outside it, each call includes the copies and the splitting."""
+    lo, hi = runner.batch_range
+
+    def run_for(batch: int) -> Callable[[], Any]:
+        if lo <= batch <= hi:
+            return runner.timed_call(batch)
+        x = np.random.default_rng(0).standard_normal((batch, *runner.input_chw)).astype(np.float32)
+        return lambda: runner(x)
+
+    rows = time_batches(run_for, batch_sizes, iters=iters, warmup=warmup)
+    for row in rows:
+        row["staged"] = lo <= row["batch"] <= hi
+    return rows
