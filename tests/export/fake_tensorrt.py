@@ -71,10 +71,10 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
     trt.fake = state
 
     trt8 = flavor in ("8", "8.5")
-    builder_flags = ["DEBUG", "GPU_FALLBACK", "TF32", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
+    builder_flags = ["DEBUG", "GPU_FALLBACK", "TF32", "VERSION_COMPATIBLE"]
     network_flags = ["STRONGLY_TYPED"]
     data_types = ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "BF16", "INT64"]
-    compat_levels = ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"]
+    compat_levels = ["AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"]
     if flavor == "10":
         builder_flags = ["FP16", "BF16", "INT8", *builder_flags]
         network_flags = ["EXPLICIT_BATCH", *network_flags]
@@ -82,16 +82,16 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
         builder_flags = ["FP16", "INT8", *builder_flags]
         network_flags = ["EXPLICIT_BATCH"]
         data_types = data_types[:6]
-        compat_levels = compat_levels[:2]
+        compat_levels = compat_levels[:1]
     if flavor == "8.5":
-        builder_flags = builder_flags[:-2]
+        builder_flags = builder_flags[:-1]
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags, start=0)
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", network_flags, start=0)
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM"], start=0)
     trt.DeviceType = enum.IntEnum("DeviceType", ["GPU", "DLA"], start=0)
     if flavor != "8.5":
-        trt.HardwareCompatibilityLevel = enum.IntEnum("HardwareCompatibilityLevel", compat_levels, start=0)
-    trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"], start=0)
+        trt.HardwareCompatibilityLevel = enum.IntEnum("HardwareCompatibilityLevel", compat_levels, start=1)
+    trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["INPUT", "OUTPUT"], start=1)
     trt.DataType = enum.IntEnum("DataType", data_types)
     precision_flags = {
         getattr(trt.BuilderFlag, f) for f in ("FP16", "BF16", "INT8") if hasattr(trt.BuilderFlag, f)
@@ -244,7 +244,9 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             object.__setattr__(self, "cache", None)
             object.__setattr__(self, "default_device_type", trt.DeviceType.GPU)
             object.__setattr__(self, "DLA_core", -1)
-            object.__setattr__(self, "hardware_compatibility_level", trt.HardwareCompatibilityLevel.NONE)
+            object.__setattr__(
+                self, "hardware_compatibility_level", 0
+            )  # NONE, which the fake has no member for
             self.flags.add(trt.BuilderFlag.TF32)  # on by default, as in TensorRT
 
         def __setattr__(self, name: str, value: Any) -> None:
@@ -487,6 +489,8 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
                 return None
             return ICudaEngine(plan, self.logger, dla_core)
 
+    if trt8:  # node_name/node_operator came with TensorRT 10
+        del ParserError.node_name, ParserError.node_operator
     for cls in (ILogger, Logger, Builder, OnnxParser, Runtime, ParserError):
         setattr(trt, cls.__name__, cls)
     trt.INetworkDefinition, trt.IBuilderConfig, trt.ICudaEngine = (

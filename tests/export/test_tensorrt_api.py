@@ -1,10 +1,25 @@
-"""Every TensorRT name the backend uses exists in the real bindings of TensorRT 10 and 11.
+"""Every TensorRT name the backend uses exists, as a member of its class, in the real bindings of TensorRT 8.6,
+10.3, 10.16 and 11.4 -- or sits behind feature detection.
 
-``tests/fixtures/tensorrt-api/`` holds, xz-compressed, the text of the real tensorrt bindings wheels (8.6, 10.3,
-10.16 and 11.4) as ``tools/tensorrt_api.sh`` writes it: the text of each binding (`strings` of the .so: every class, method, enum member and docstring). The bindings
-cannot be imported without a GPU stack, so this is a text check: a name "exists" when it is a string of the
-binding (possibly the tail of a longer one: the linker merges string suffixes) or a word of its docstrings.
-Names present in only one version must sit behind ``hasattr``/``getattr`` feature detection in the source.
+``tests/fixtures/tensorrt-api/`` holds, xz-compressed, the text of the real tensorrt bindings (``strings`` of
+the .so, as ``tools/tensorrt_api.sh`` writes it); the bindings cannot be imported without a GPU stack. A bare
+string proves little (``FP16`` is a string of 11.4 although ``BuilderFlag.FP16`` is gone), so a name counts as
+a member of class ``C`` only on evidence tied to ``C``:
+
+- a pybind doc symbol ``tensorrt::<C>Doc::<name>`` (mangled ``_ZN8tensorrt..<C>DocL..<name>E``);
+- an ``:ivar <name>:`` line inside ``C``'s class docstring (found by its first line, :data:`CLASS_DOCS`);
+- for an enum, ``<name>`` as a line of the enum's run of member strings (pybind registers an enum's values
+  together; the run is found by an anchor member and cut where the neighbouring enum starts, :data:`ENUMS`);
+- the C++ member function it binds, ``nvinfer1::<C++ class>::<method>`` (:data:`CPP_METHODS`);
+- the value's own docstring (:data:`MEMBER_DOCS`), for names the dump cannot show as a line: strings under
+  4 characters (``DeviceType.DLA``) and names the linker merged into the tail of a longer string
+  (``DataType.INT8``, ``ILogger.Severity.ERROR``);
+- last, for the few methods whose binding leaves no class-tied trace in some dump (:data:`UNTRACED`), the
+  name as a string (or a word of the docstrings); they have kept their names and signatures since TensorRT 8 and the fake
+  enforces those signatures.
+
+Versions are picked by number from the fixture folder. Names missing from some version must be guarded by
+``hasattr``/``getattr`` somewhere in the backend.
 """
 
 from __future__ import annotations
@@ -19,62 +34,111 @@ from pathlib import Path
 import pytest
 
 import densegraph.export.tensorrt as backend
+from densegraph.errors import DensegraphError
+from densegraph.export.tensorrt import options, trt_api
 
-SOURCE = Path(backend.__file__)
+SOURCES = sorted(Path(backend.__file__).parent.glob("*.py"))
 REPO = Path(__file__).resolve().parents[2]
 API_DIR = REPO / "tests" / "fixtures" / "tensorrt-api"
 
-# variables (and self._<name> attributes) that hold TensorRT objects in the backend
+# variables (and self._<name> attributes) that hold TensorRT objects in the backend, and their classes
 TRT_OBJECTS = {
-    "builder", "network", "parser", "config", "profile", "cache", "runtime", "engine", "context", "err",
-    "tensor",
+    "builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser", "config": "IBuilderConfig",
+    "profile": "IOptimizationProfile", "cache": "ITimingCache", "runtime": "Runtime", "engine": "ICudaEngine",
+    "context": "IExecutionContext", "err": "ParserError", "tensor": "ITensor", "severity": "Severity",
 }  # fmt: skip
 
-# every method/property the backend touches on those objects (kept explicit: the test also checks it is
-# complete and not stale); each must exist in both versions unless feature-detected
-TRT_MEMBERS = {
-    # IBuilder
-    "create_network", "create_builder_config", "create_optimization_profile", "build_serialized_network",
-    "num_DLA_cores",
-    # INetworkDefinition / ITensor
-    "num_inputs", "get_input", "num_outputs", "get_output", "name", "shape", "dtype",
-    # OnnxParser / ParserError
-    "parse_from_file", "num_errors", "get_error", "code", "desc", "node",
-    # IBuilderConfig / IOptimizationProfile / ITimingCache
-    "set_memory_pool_limit", "set_flag", "clear_flag", "add_optimization_profile", "set_shape",
-    "create_timing_cache", "set_timing_cache", "get_timing_cache", "serialize", "default_device_type",
-    "DLA_core", "hardware_compatibility_level",
-    # Runtime / ICudaEngine / IExecutionContext
-    "engine_host_code_allowed", "deserialize_cuda_engine", "num_io_tensors", "get_tensor_name",
-    "get_tensor_mode", "get_tensor_dtype", "get_tensor_shape", "get_tensor_profile_shape",
-    "create_execution_context", "set_input_shape", "set_tensor_address", "execute_async_v3",
-}  # fmt: skip
-
-# names that exist in only one of the two versions (``Enum.MEMBER`` or a member name), with the text that
-# shows it; the strings "FP16"/"INT8" alone are not enough: DataType.INT8 exists in both
-VERSION_ONLY = {
-    "BuilderFlag.FP16": (r"Enable FP16 layer selection", {"10"}),  # removed in 11
-    "BuilderFlag.INT8": (r"Enable Int8 layer selection", {"10"}),  # removed in 11
-    "NetworkDefinitionCreationFlag.EXPLICIT_BATCH": (r"(?m)^EXPLICIT_BATCH$", {"10"}),
-    "platform_has_fast_fp16": (r"(?m)^platform_has_fast_fp16$", {"10"}),
+# the C++ names of the pybind doc namespaces where they differ from the Python class name
+DOC_NAMES = {
+    "Builder": "IBuilder",
+    "Runtime": "IRuntime",
+    "OnnxParser": "IParser",
+    "ParserError": "IParserError",
 }
-# and the same check the other way round: DataType.INT8 is documented in both
-BOTH = {"DataType.INT8": r"Signed 8-bit integer representing a quantized"}
 
+# the first line of each class docstring (all four versions); its indented lines that follow hold the :ivar list
+CLASS_DOCS = {
+    "Builder": r"^    Builds an :class:`ICudaEngine` from a :class:`INetworkDefinition` \.$",
+    "Runtime": r"^    Allows a serialized :class:`ICudaEngine` to be deserialized\.$",
+    "INetworkDefinition": r"^    Represents a TensorRT Network from which the Builder can build an Engine",
+    "ITensor": r"^    A tensor in an :class:`INetworkDefinition` \.$",
+    "ICudaEngine": r"^    An :class:`ICudaEngine` for executing inference on a built network\.$",
+    "IExecutionContext": r"^    Context for executing inference using an :class:`ICudaEngine` \.$",
+    "IOptimizationProfile": r"^    Optimization profile for dynamic input dimensions and shape tensors\.$",
+    "OnnxParser": r"^    This class is used for parsing ONNX models into a TensorRT network definition",
+    # IBuilderConfig's docstring is indented by 8 and its first property is unique to it
+    "IBuilderConfig": r"^        :ivar avg_timing_iterations: ",
+}
 
-def _version_only(chain: list[str]) -> str | None:
-    dotted = ".".join(chain)
-    return next((k for k in VERSION_ONLY if dotted == k or dotted.endswith("." + k) or k in chain), None)
+# enum -> (anchor members, members that start the neighbouring enums): the enum's run of member strings is
+# the block of consecutive UPPER_CASE/docstring lines around an anchor, cut at the neighbours' first members
+ENUMS = {
+    "BuilderFlag": (("GPU_FALLBACK",), ("WORKSPACE",)),
+    "MemoryPoolType": (
+        ("DLA_MANAGED_SRAM",),
+        ("CALIBRATE_BEFORE_FUSION", "PROFILE_SHARING_0806", "AMPERE_PLUS"),
+    ),
+    "HardwareCompatibilityLevel": (("AMPERE_PLUS",), ("SAME_AS_BUILD", "GPU device")),
+    "NetworkDefinitionCreationFlag": (("STRONGLY_TYPED", "EXPLICIT_BATCH"), ()),
+    "Severity": (("VERBOSE",), ()),
+}
 
+# (class, member) -> the C++ member function the Python method binds
+CPP_METHODS = {
+    ("Builder", "create_network"): "createNetworkV2",
+    ("Builder", "create_builder_config"): "createBuilderConfig",
+    ("Builder", "create_optimization_profile"): "createOptimizationProfile",
+    ("Builder", "build_serialized_network"): "buildSerializedNetwork",
+    ("Builder", "num_DLA_cores"): "getNbDLACores",
+    ("ParserError", "desc"): "desc",
+    ("ParserError", "node"): "node",
+    ("ParserError", "node_name"): "nodeName",
+    ("ParserError", "node_operator"): "nodeOperator",
+    ("Runtime", "deserialize_cuda_engine"): "deserializeCudaEngine",
+    ("ICudaEngine", "create_execution_context"): "createExecutionContext",
+    ("IBuilderConfig", "create_timing_cache"): "createTimingCache",
+    ("IExecutionContext", "execute_async_v3"): "enqueueV3",
+    ("INetworkDefinition", "get_input"): "getInput",
+    ("INetworkDefinition", "get_output"): "getOutput",
+    ("ITimingCache", "serialize"): "serialize",
+}
+CPP_CLASSES = {
+    "Builder": "IBuilder",
+    "Runtime": "IRuntime",
+    "OnnxParser": "IParser",
+    "ParserError": "IParserError",
+}
 
-# APIs removed in TensorRT 10 or 11 that the backend must never touch
-REMOVED = {
-    "build_engine", "build_cuda_engine", "max_workspace_size", "max_batch_size", "execute_async_v2",
-    "execute_async", "execute_v2", "get_binding_index", "num_bindings", "binding_is_input",
-    "get_binding_shape", "set_binding_shape", "int8_calibrator", "set_calibration_profile",
-    "IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "platform_has_fast_fp16",
-    "platform_has_fast_int8", "EXPLICIT_BATCH", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
+# methods with no class-tied trace in some dump (see the module docstring)
+UNTRACED = {
+    ("OnnxParser", "parse_from_file"), ("OnnxParser", "get_error"), ("IOptimizationProfile", "set_shape"),
+    ("ParserError", "code"), ("ParserError", "desc"), ("IBuilderConfig", "create_timing_cache"),
+    ("Runtime", "deserialize_cuda_engine"),
 }  # fmt: skip
+
+# (class, member) -> the member's own docstring, where the dump cannot show the name itself
+MEMBER_DOCS = {
+    ("DeviceType", "GPU"): r"(?m)^GPU device$",
+    ("DeviceType", "DLA"): r"(?m)^DLA core$",
+    ("BuilderFlag", "INT8"): r"(?m)^Enable Int8 layer selection",
+    ("TensorIOMode", "INPUT"): r"(?m)^Tensor is input to the engine\.$",
+    ("DataType", "FLOAT"): r"(?m)^(32-bit floating point format\.|FLOAT)$",
+    ("DataType", "HALF"): r"(?m)^IEEE 16-bit floating-point format\.$",
+    ("DataType", "INT8"): r"(?m)^Signed 8-bit integer representing a quantized floating-point value\.$",
+    ("DataType", "INT32"): r"(?m)^Signed 32-bit integer format\.$",
+    ("DataType", "INT64"): r"(?m)^Signed 64-bit integer format\.$",
+    ("DataType", "BF16"): r"(?m)^Brain float -- has an 8 bit exponent and 8 bit significand",
+    ("DataType", "BOOL"): r"(?m)^8-bit boolean\. 0 = false, 1 = true",
+    ("DataType", "UINT8"): r"(?m)^UINT8$",
+    ("Severity", "ERROR"): r"(?m)^    Represents an application error\.$",
+    ("Severity", "INTERNAL_ERROR"): r"(?m)^    Represents an internal error\. Execution is unrecoverable\.$",
+    ("Severity", "WARNING"): r"(?m)^    Represents an application error that TensorRT has recovered from",
+    ("TensorIOMode", "OUTPUT"): r"(?m)^Tensor is output to the engine\.$",
+}
+
+CHECKED_ENUMS = {*ENUMS, "DataType", "DeviceType", "TensorIOMode"}
+
+_UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 @dataclass
@@ -85,8 +149,8 @@ class ApiText:
     text: str
 
     @property
-    def major(self) -> str:
-        return self.version.split(".")[0]
+    def key(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.version.split("."))
 
     @cached_property
     def lines(self) -> list[str]:
@@ -97,11 +161,59 @@ class ApiText:
         return set(self.lines)
 
     def has_line(self, name: str) -> bool:
-        """``name`` is a string of its own in the binary (the strict test)."""
+        """``name`` is a string of its own in the binary."""
         return name in self.line_set
 
-    def has(self, name: str) -> bool:
-        """``name`` is a binding string, the tail of one, or a word of the docstrings."""
+    def _class_doc(self, cls: str) -> list[str]:
+        head = CLASS_DOCS.get(cls)
+        if head is None:
+            return []
+        for i, line in enumerate(self.lines):
+            if re.search(head, line):
+                block = [line]
+                for nxt in self.lines[i + 1 :]:
+                    if nxt and not nxt.startswith(" "):
+                        break
+                    block.append(nxt)
+                return block
+        return []
+
+    def _enum_run(self, enum: str) -> list[str]:
+        anchors, stops = ENUMS[enum]
+        lines = self.lines
+        for i, line in enumerate(lines):
+            if line not in anchors:
+                continue
+            member = lambda s: bool(_UPPER.match(s)) or (" " in s and not s.startswith("_Z"))  # noqa: E731
+            lo = i
+            while lo > 0 and member(lines[lo - 1]) and lines[lo - 1] not in stops:
+                lo -= 1
+            hi = i
+            while hi + 1 < len(lines) and member(lines[hi + 1]) and lines[hi + 1] not in stops:
+                hi += 1
+            return lines[lo : hi + 1]
+        return []
+
+    def member(self, cls: str, name: str) -> bool:
+        """``name`` is a member of ``cls`` in this binding (see the module docstring for the evidence)."""
+        for doc in {cls + "Doc", DOC_NAMES.get(cls, cls) + "Doc"}:
+            if re.search(rf"_ZN8tensorrt{len(doc)}{doc}L{len(name)}{re.escape(name)}E", self.text):
+                return True
+        cpp, method = CPP_CLASSES.get(cls, cls), CPP_METHODS.get((cls, name))
+        if method and re.search(rf"{len(cpp)}{cpp}{len(method)}{method}E", self.text):
+            return True
+        if any(re.match(rf"^\s+:ivar {re.escape(name)}:", line) for line in self._class_doc(cls)):
+            return True
+        if cls in ENUMS and name in self._enum_run(cls):
+            return True
+        pattern = MEMBER_DOCS.get((cls, name))
+        if pattern is not None and re.search(pattern, self.text) is not None:
+            return True
+        return (cls, name) in UNTRACED and self.has_name(name)
+
+    def has_name(self, name: str) -> bool:
+        """A top-level name: a string of its own, or the tail of one (the linker merges ``Builder`` into
+        ``IBuilder``), or a word of the docstrings (``log``, under the 4 characters ``strings`` keeps)."""
         if name in self.line_set or any(line.endswith(name) for line in self.lines):
             return True
         return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", self.text) is not None
@@ -112,19 +224,12 @@ def _version_key(path: Path) -> tuple[int, ...]:
 
 
 @pytest.fixture(scope="session")
-def api() -> dict[str, ApiText]:
-    """The API text of the newest TensorRT 10 and 11 in ``tests/fixtures/tensorrt-api`` (xz-compressed)."""
-    files = {}
-    for major in ("10", "11"):
-        hits = sorted(API_DIR.glob(f"tensorrt-{major}.*.txt.xz"), key=_version_key)
-        assert hits, f"no TensorRT {major} API text in {API_DIR} (tools/tensorrt_api.sh makes it)"
-        files[major] = hits[-1]
-    return {
-        major: ApiText(
-            path.name[len("tensorrt-") : -len(".txt.xz")], lzma.decompress(path.read_bytes()).decode()
-        )
-        for major, path in files.items()
-    }
+def api() -> list[ApiText]:
+    """Every TensorRT API text of the fixture folder, oldest first (picked by number, not by name)."""
+    paths = sorted(API_DIR.glob("tensorrt-*.txt.xz"), key=_version_key)
+    return [
+        ApiText(".".join(map(str, _version_key(p))), lzma.decompress(p.read_bytes()).decode()) for p in paths
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,115 +264,136 @@ def _object_name(node: ast.AST) -> str | None:
 
 @dataclass
 class Uses:
-    chains: list[tuple[list[str], int]]  # direct trt.X.Y accesses (maximal chains) with their line
+    chains: list[tuple[list[str], str]]  # direct trt.X.Y accesses (maximal chains) with file:line
     guarded: dict[str, list[str]]  # name -> base chain, for hasattr/getattr(trt..., "name") and on objects
     dynamic_getattr: list[list[str]]  # getattr(trt.X, <not a constant>)
-    members: dict[str, int]  # attribute accessed on a TensorRT object -> line
+    members: dict[tuple[str, str], str]  # (class, attribute) accessed on a TensorRT object -> file:line
     keywords: dict[str, set[str]]  # member -> keyword arguments passed to it
     logger_methods: set[str]  # methods of classes deriving from trt.ILogger
 
 
-def _uses(tree: ast.AST) -> Uses:
-    parents: dict[ast.AST, ast.AST] = {}
-    for node in ast.walk(tree):
-        for child in ast.iter_child_nodes(node):
-            parents[child] = node
+def _uses(sources: list[Path]) -> Uses:
     uses = Uses([], {}, [], {}, {}, set())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
-            chain = _chain(node)
-            if chain is not None and not isinstance(parents.get(node), ast.Attribute):
-                uses.chains.append((chain, node.lineno))
-            obj = _object_name(node.value)
-            if obj is not None:
-                uses.members.setdefault(node.attr, node.lineno)
-        elif isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Name) and func.id in ("hasattr", "getattr") and len(node.args) >= 2:
-                base, name = node.args[0], node.args[1]
-                base_chain = _chain(base) if _chain(base) is not None else None
-                if base_chain is None and _object_name(base) is not None:
-                    base_chain = [f"<{_object_name(base)}>"]
-                if base_chain is None:
-                    continue
-                if isinstance(name, ast.Constant) and isinstance(name.value, str):
-                    uses.guarded[name.value] = base_chain
-                else:
-                    uses.dynamic_getattr.append(base_chain)
-            elif isinstance(func, ast.Attribute) and _object_name(func.value) is not None:
-                uses.keywords.setdefault(func.attr, set()).update(k.arg for k in node.keywords if k.arg)
-        elif isinstance(node, ast.ClassDef) and any(_chain(b) == ["ILogger"] for b in node.bases):
-            uses.logger_methods |= {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+    for source in sources:
+        tree = ast.parse(source.read_text(), filename=str(source))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            where = f"{source.name}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Attribute):
+                chain = _chain(node)
+                if chain is not None and not isinstance(parents.get(node), ast.Attribute):
+                    uses.chains.append((chain, where))
+                obj = _object_name(node.value)
+                if obj is not None:
+                    uses.members.setdefault((TRT_OBJECTS[obj], node.attr), where)
+            elif isinstance(node, ast.Call):
+                _record_call(node, uses)
+            elif isinstance(node, ast.ClassDef) and any(_chain(b) == ["ILogger"] for b in node.bases):
+                uses.logger_methods |= {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
     return uses
+
+
+def _record_call(node: ast.Call, uses: Uses) -> None:
+    func = node.func
+    if isinstance(func, ast.Name) and func.id in ("hasattr", "getattr") and len(node.args) >= 2:
+        base, name = node.args[0], node.args[1]
+        base_chain = _chain(base)
+        if base_chain is None and _object_name(base) is not None:
+            base_chain = [f"<{TRT_OBJECTS[_object_name(base) or '']}>"]
+        if base_chain is None:
+            return
+        if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            uses.guarded[name.value] = base_chain
+        else:
+            uses.dynamic_getattr.append(base_chain)
+    elif isinstance(func, ast.Attribute) and _object_name(func.value) is not None:
+        uses.keywords.setdefault(func.attr, set()).update(k.arg for k in node.keywords if k.arg)
 
 
 @pytest.fixture(scope="module")
 def uses() -> Uses:
-    return _uses(ast.parse(SOURCE.read_text(), filename=str(SOURCE)))
+    return _uses(SOURCES)
+
+
+def _pairs(uses: Uses) -> dict[tuple[str, str], str]:
+    """(class, member) of every use: trt.Enum.MEMBER chains and attributes of TensorRT objects."""
+    pairs = {(chain[-2], chain[-1]): where for chain, where in uses.chains if len(chain) >= 2}
+    pairs.pop(("ILogger", "Severity"), None)  # the nested enum itself; its members are checked as Severity
+    pairs.update(uses.members)
+    for name, base in uses.guarded.items():
+        cls = base[-1].strip("<>")
+        pairs[(cls, name)] = pairs.get((cls, name), "guarded")
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the checks
 
 
-def test_api_texts_are_tensorrt_10_and_11(api: dict[str, ApiText]) -> None:
-    assert sorted(api) == ["10", "11"]
-    for text in api.values():
+def test_the_four_bindings_are_there_and_ordered_by_number(api: list[ApiText]) -> None:
+    assert [t.key[:2] for t in api] == [(8, 6), (10, 3), (10, 16), (11, 4)]
+    assert ".".join(map(str, api[0].key[:2])) == trt_api.MIN_TENSORRT  # the oldest is what we support
+    for text in api:
         assert text.has_line("execute_async_v3") and text.has_line("build_serialized_network")
-        assert not text.has_line("execute_async_v2") and not text.has_line("build_engine")
-    # the evidence behind VERSION_ONLY and BOTH still holds for these bindings
-    for name, (pattern, versions) in VERSION_ONLY.items():
-        present = {major for major, text in api.items() if re.search(pattern, text.text)}
-        assert present == versions, f"{name}: expected only in {versions}, found in {present}"
-    for name, pattern in BOTH.items():
-        assert all(re.search(pattern, text.text) for text in api.values()), name
+
+
+def test_membership_is_per_class(api: list[ApiText]) -> None:
+    """The evidence the other checks rest on: what a bare string search got wrong."""
+    by = {t.key[:2]: t for t in api}
+    trt86, trt103, trt1016, trt114 = by[(8, 6)], by[(10, 3)], by[(10, 16)], by[(11, 4)]
+    assert trt114.has_name("FP16")  # a string of 11.4 ...
+    assert not trt114.member("BuilderFlag", "FP16")  # ... but no longer a BuilderFlag
+    assert all(t.member("BuilderFlag", "FP16") for t in (trt86, trt103, trt1016))
+    assert not trt114.member("BuilderFlag", "INT8") and trt103.member("BuilderFlag", "INT8")
+    assert not trt114.member("BuilderFlag", "WORKSPACE")  # the neighbouring enum's member
+    assert not trt86.member("NetworkDefinitionCreationFlag", "STRONGLY_TYPED")
+    assert not trt114.member("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH")
+    assert trt86.member("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH")
+    assert not trt86.member("DataType", "BF16") and not trt86.member("DataType", "INT64")
+    assert trt114.member("DataType", "BF16") and trt103.member("DataType", "INT64")
+    assert all(
+        t.member("Runtime", "engine_host_code_allowed") and t.member("Runtime", "DLA_core") for t in api
+    )
+    assert not trt114.member("Runtime", "num_io_tensors") and trt114.member("ICudaEngine", "num_io_tensors")
+    assert all(t.member("DataType", "INT8") for t in api)
 
 
 def test_the_source_is_seen(uses: Uses) -> None:
     """Guard against a broken AST walk that would make the other tests vacuous."""
     assert len(uses.chains) > 20 and len(uses.members) > 30
     assert ["BuilderFlag", "GPU_FALLBACK"] in [c for c, _ in uses.chains]
-    assert uses.guarded.get("FP16") == ["BuilderFlag"] and uses.guarded.get("INT8") == ["BuilderFlag"]
+    assert {"FP16", "INT8", "STRONGLY_TYPED", "EXPLICIT_BATCH", "BF16", "INT64"} <= set(uses.guarded)
+    assert ("Runtime", "DLA_core") in uses.members and ("Runtime", "engine_host_code_allowed") in uses.members
     assert "log" in uses.logger_methods
 
 
-def test_every_trt_attribute_exists_in_both_versions(api: dict[str, ApiText], uses: Uses) -> None:
-    missing = []
-    for chain, line in uses.chains:
-        for name in chain:
-            if name.startswith("__") and name != "__version__":
-                continue
-            for text in api.values():
-                if not text.has(name):
-                    missing.append(
-                        f"line {line}: trt.{'.'.join(chain)}: {name!r} not in TensorRT {text.version}"
-                    )
+def test_every_name_is_a_member_of_its_class_everywhere_or_guarded(api: list[ApiText], uses: Uses) -> None:
+    guarded = set(uses.guarded)
+    problems = []
+    for (cls, name), where in sorted(_pairs(uses).items()):
+        if name.startswith("__"):
+            continue
+        present = [t.version for t in api if t.member(cls, name)]
+        if not present:
+            problems.append(f"{where}: {cls}.{name} is in no TensorRT version")
+        elif len(present) < len(api) and name not in guarded:
+            problems.append(f"{where}: {cls}.{name} is only in TensorRT {present}: feature-detect it")
+    assert not problems, "\n".join(problems)
+
+
+def test_top_level_names_exist_everywhere(api: list[ApiText], uses: Uses) -> None:
+    names = {chain[0] for chain, _ in uses.chains} - {"__version__"}
+    missing = [f"trt.{n} not in {t.version}" for n in sorted(names) for t in api if not t.has_name(n)]
     assert not missing, "\n".join(missing)
-
-
-def test_names_of_one_version_only_are_feature_detected(api: dict[str, ApiText], uses: Uses) -> None:
-    unguarded = []
-    for chain, line in uses.chains:
-        only = _version_only(chain)
-        if only is not None:
-            unguarded.append(f"line {line}: trt.{'.'.join(chain)} is {only!r}, of one version only")
-        for name in chain:
-            strict = {major for major, text in api.items() if text.has_line(name)}
-            if len(strict) == 1 and ".".join(chain) not in BOTH:
-                unguarded.append(f"line {line}: trt.{'.'.join(chain)}: {name!r} is in TensorRT {strict} only")
-    assert not unguarded, "\n".join(unguarded)
-    # a guarded name exists in at least one version, and the version-only ones the source needs are guarded
-    for name in uses.guarded:
-        assert any(text.has(name) for text in api.values()), f"guarded {name!r} exists in no version"
-    assert {"FP16", "INT8"} <= set(uses.guarded)
-    # the only dynamic lookup is BuilderFlag by a precision plan's flag names, all of them guarded
+    # the only dynamic lookups are BuilderFlag members named by a precision plan, all of them guarded
     assert uses.dynamic_getattr == [["BuilderFlag"]]
     plans = {
-        backend.precision_plan(p, info, legacy_flags=legacy, dla=dla).builder_flags
+        options.precision_plan(p, info, legacy_flags=legacy, dla=dla, strong_typing=strong).builder_flags
         for p, info in _plan_inputs()
         for legacy in (True, False)
         for dla in (True, False)
-        if _plan_ok(p, info, legacy, dla)
+        for strong in (True, False)
+        if _plan_ok(p, info, legacy, dla, strong)
     }
     assert {flag for flags in plans for flag in flags} <= {
         n for n, base in uses.guarded.items() if base == ["BuilderFlag"]
@@ -283,75 +409,68 @@ def _plan_inputs() -> list[tuple[str, backend.OnnxInfo]]:
     ]
 
 
-def _plan_ok(precision: str, info: backend.OnnxInfo, legacy: bool, dla: bool) -> bool:
+def _plan_ok(precision: str, info: backend.OnnxInfo, legacy: bool, dla: bool, strong: bool) -> bool:
     try:
-        backend.precision_plan(precision, info, legacy_flags=legacy, dla=dla)
-    except backend.DensegraphError:
+        options.precision_plan(precision, info, legacy_flags=legacy, dla=dla, strong_typing=strong)
+    except DensegraphError:
         return False
     return True
 
 
-def test_member_list_is_complete_and_current(uses: Uses) -> None:
-    used = set(uses.members)
-    guarded_members = {n for n, base in uses.guarded.items() if base[0].startswith("<")}
-    assert used - TRT_MEMBERS - guarded_members == set(), "add these to TRT_MEMBERS (and check them)"
-    assert TRT_MEMBERS - used == set(), "stale entries in TRT_MEMBERS"
+def test_logger_methods_exist(api: list[ApiText], uses: Uses) -> None:
+    for name in uses.logger_methods - {"__init__", "errors", "forget"}:
+        assert all(t.has_name(name) for t in api), name
 
 
-def test_every_member_exists_in_both_versions(api: dict[str, ApiText], uses: Uses) -> None:
-    missing = [
-        f"{name!r} (line {uses.members.get(name)}) not in TensorRT {text.version}"
-        for name in sorted(TRT_MEMBERS | uses.logger_methods - {"__init__", "errors"})
-        for text in api.values()
-        if not text.has(name)
-    ]
-    assert not missing, "\n".join(missing)
-    for name in TRT_MEMBERS:
-        strict = {major for major, text in api.items() if text.has_line(name)}
-        assert _version_only([name]) is None and len(strict) != 1, (
-            f"{name!r} is in one version only: feature-detect it"
-        )
-
-
-def test_guarded_members_exist_somewhere(api: dict[str, ApiText], uses: Uses) -> None:
-    for name, base in uses.guarded.items():
-        if base[0].startswith("<"):
-            assert any(text.has_line(name) for text in api.values()), name
-
-
-def test_keyword_arguments_are_documented(api: dict[str, ApiText], uses: Uses) -> None:
+def test_keyword_arguments_are_documented(api: list[ApiText], uses: Uses) -> None:
     for member, keywords in uses.keywords.items():
         for keyword in keywords:
-            for text in api.values():
+            for text in api:
                 assert f":arg {keyword}:" in text.text, (
                     f"{member}({keyword}=...) not in TensorRT {text.version}"
                 )
 
 
+# APIs removed in TensorRT 10 or 11 that the backend must never touch
+REMOVED = {
+    "build_engine", "build_cuda_engine", "max_workspace_size", "max_batch_size", "execute_async_v2",
+    "execute_async", "execute_v2", "get_binding_index", "num_bindings", "binding_is_input",
+    "get_binding_shape", "set_binding_shape", "int8_calibrator", "set_calibration_profile",
+    "IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "platform_has_fast_fp16",
+    "platform_has_fast_int8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
+}  # fmt: skip
+
+
 def test_no_removed_api(uses: Uses) -> None:
-    names = {n for chain, _ in uses.chains for n in chain} | set(uses.members)
+    names = {n for chain, _ in uses.chains for n in chain} | {n for _, n in uses.members}
     assert not names & REMOVED, f"removed TensorRT APIs used: {sorted(names & REMOVED)}"
 
 
 def test_features_are_detected_not_parsed_from_versions() -> None:
-    tree = ast.parse(SOURCE.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Compare):
-            inside = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
-            assert "__version__" not in inside, f"line {node.lineno}: compares trt.__version__"
+    callers = set()
+    for source in SOURCES:
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                inside = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+                assert "__version__" not in inside, f"{source.name}:{node.lineno}: compares trt.__version__"
+        callers |= {
+            f.name
+            for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef)
+            for n in ast.walk(f)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "_version_tuple"
+        }
     # the only version arithmetic is the sidecar compatibility check of a built engine
-    callers = {
-        f.name
-        for f in ast.walk(tree)
-        if isinstance(f, ast.FunctionDef)
-        for n in ast.walk(f)
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "_version_tuple"
-    }
     assert callers == {"check_engine_compat"}
 
 
-def test_the_fake_tensorrt_matches_the_real_api(api: dict[str, ApiText]) -> None:
-    """The fake used by test_tensorrt.py offers only real names, and lacks what each real version lacks."""
+@pytest.mark.parametrize(("flavor", "version"), [("8", (8, 6)), ("10", (10, 16)), ("11", (11, 4))])
+def test_the_fake_tensorrt_matches_the_real_api(
+    api: list[ApiText], flavor: str, version: tuple[int, int]
+) -> None:
+    """The fake used by the other tests offers only real members of their real classes, and lacks what each
+    real version lacks (its enums exactly: a member the real one has and the fake lacks is fine)."""
     import enum
     import inspect
     import sys
@@ -359,21 +478,24 @@ def test_the_fake_tensorrt_matches_the_real_api(api: dict[str, ApiText]) -> None
     sys.path.insert(0, str(Path(__file__).parent))
     from fake_tensorrt import make_fake_tensorrt
 
-    for major, text in api.items():
-        fake = make_fake_tensorrt(major)
-        missing = []
-        for attr, value in vars(fake).items():
-            if attr.startswith("_") or attr == "fake":
-                continue
-            if not text.has(attr):
-                missing.append(attr)
-            if isinstance(value, type) and issubclass(value, enum.Enum):
-                missing += [f"{attr}.{m.name}" for m in value if not text.has(m.name)]
-            elif inspect.isclass(value):
-                own = [n for n in vars(value) if not n.startswith("_") and n not in ("Severity", "fake")]
-                missing += [f"{attr}.{n}" for n in own if not text.has(n)]
-        assert not missing, f"fake names not in TensorRT {text.version}: {missing}"
-        for key, (_, versions) in VERSION_ONLY.items():
-            if "." in key:
-                enum_name, member = key.split(".")
-                assert hasattr(getattr(fake, enum_name), member) == (major in versions), (key, major)
+    text = next(t for t in api if t.key[:2] == version)
+    fake = make_fake_tensorrt(flavor)
+    wrong = []
+    for attr, value in vars(fake).items():
+        if attr.startswith("_") or attr in ("fake", "cuda"):
+            continue
+        if not text.has_name(attr):
+            wrong.append(attr)
+        if isinstance(value, type) and issubclass(value, enum.Enum):
+            checked = attr in CHECKED_ENUMS  # the enums whose members the backend names
+            wrong += [
+                f"{attr}.{m.name}"
+                for m in value
+                if not (text.member(attr, m.name) if checked else text.has_name(m.name))
+            ]
+        elif inspect.isclass(value):
+            own = [n for n in vars(value) if not n.startswith("_") and n not in ("Severity", "fake")]
+            wrong += [f"{attr}.{n}" for n in own if not (text.member(attr, n) or text.has_name(n))]
+    assert not wrong, f"fake names that are no members in TensorRT {text.version}: {wrong}"
+    for cls, name in (("BuilderFlag", "FP16"), ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED")):
+        assert hasattr(getattr(fake, cls), name) == text.member(cls, name), (cls, name, text.version)

@@ -64,12 +64,11 @@ class Features:
 
 def features(trt: Any) -> Features:
     """Feature-detect the tensorrt module ``trt``."""
-    network_flags = trt.NetworkDefinitionCreationFlag
-    strongly = hasattr(network_flags, "STRONGLY_TYPED")
+    strongly = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     return Features(
         strongly_typed=strongly,
         precision_flags=hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8"),
-        explicit_batch_flag=hasattr(network_flags, "EXPLICIT_BATCH") and not strongly,
+        explicit_batch_flag=hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and not strongly,
     )
 
 

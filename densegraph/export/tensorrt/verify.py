@@ -41,13 +41,13 @@ def fp32_twin(model: Any) -> Any:
     return twin
 
 
-def _upcast_tensor(tensor: Any) -> None:
+def _upcast_tensor(proto: Any) -> None:
     import onnx
     import onnx.numpy_helper
 
-    if tensor.data_type == onnx.TensorProto.FLOAT16:
-        tensor.CopyFrom(
-            onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+    if proto.data_type == onnx.TensorProto.FLOAT16:
+        proto.CopyFrom(
+            onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(proto).astype(np.float32), proto.name)
         )
 
 
@@ -55,8 +55,8 @@ def _upcast_graph(graph: Any) -> None:
     import onnx
 
     fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
-    for tensor in graph.initializer:
-        _upcast_tensor(tensor)
+    for proto in graph.initializer:
+        _upcast_tensor(proto)
     for value in (*graph.input, *graph.output, *graph.value_info):
         if value.type.tensor_type.elem_type == fp16:
             value.type.tensor_type.elem_type = fp32
@@ -121,14 +121,14 @@ def _judge(
     precision: str, refs: list[np.ndarray], gots: list[np.ndarray], batches: list[int], reference: str
 ) -> dict[str, Any]:
     ref, got = np.concatenate(refs), np.concatenate(gots)
-    err = np.abs(got.astype(np.float64) - ref)
-    max_abs, scale = float(err.max()), float(np.abs(ref).max())
+    error = np.abs(got.astype(np.float64) - ref)
+    max_abs, scale = float(error.max()), float(np.abs(ref).max())
     max_rel = max_abs / max(scale, 1e-12)
     agreement = float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1)))
     sqnr = logits_sqnr_db(ref, got)
     finite = bool(np.all(np.isfinite(got)))
     if precision == "fp32":
-        passed = finite and bool(np.all(err <= 1e-3 + 1e-3 * np.abs(ref)))
+        passed = finite and bool(np.all(error <= 1e-3 + 1e-3 * np.abs(ref)))
     elif precision == "fp16":
         passed = finite and max_abs <= 1e-2 * max(scale, 1e-12)
     else:
