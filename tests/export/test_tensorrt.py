@@ -1,6 +1,7 @@
 """The TensorRT backend: the whole build and run path against a fake ``tensorrt`` shaped like TensorRT 10 and
-like TensorRT 11 (fake_tensorrt.py), the CPU-only path, the trtexec command and build script, and GPU-marked
-tests that build real engines where TensorRT and a GPU exist."""
+like TensorRT 11 (fake_tensorrt.py) with a fake cuda-python (fake_cuda.py), the CPU-only path, the trtexec
+command and build script, and GPU-marked tests that build real engines where TensorRT and a GPU exist.
+What a first real device hit (issue 14), TensorRT 8.6 included, is in test_tensorrt_device.py."""
 
 from __future__ import annotations
 
