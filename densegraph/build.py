@@ -1,12 +1,13 @@
 """``densegraph build``: a spec (and weights) to a verified ONNX model, optionally a TensorRT engine.
 
 Stages: graph (spec -> connection graph), lower (PyTorch module, weights or seeded init), export (ONNX),
-check (shapes, ONNX checker), tile (for onnxruntime on the CPU: the graph in a loop over batch tiles sized to
-the cache, :func:`densegraph.export.passes.tile_batch`), verify (onnxruntime against the PyTorch eval module),
-fp16 or quantize (tiled after conversion), picture, and for ``--target tensorrt`` the engine. Everything is
-written to a staging folder beside the output folder and moved into place at the end: a failed build leaves
-nothing behind, a good build already in the folder survives a failed rebuild, and a folder holding anything
-densegraph did not write is never replaced (:class:`densegraph._output.BuildOutput`).
+check (shapes, ONNX checker), verify (onnxruntime against the PyTorch eval module), fp16 or quantize, tile
+(only with ``--batch-tile``: the final model in a scan over batch tiles,
+:func:`densegraph.export.passes.tile_batch`, checked against the untiled one and, for ``auto``, kept only if
+faster on this machine), picture, and for ``--target tensorrt`` the engine. Everything is written to a staging
+folder beside the output folder and moved into place at the end: a failed build leaves nothing behind, a good
+build already in the folder survives a failed rebuild, and a folder holding anything densegraph did not write
+is never replaced (:class:`densegraph._output.BuildOutput`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,25 +85,25 @@ def run_build(args: argparse.Namespace) -> int:
         manifest = _manifest_head(args, graph, rewrites)
         fp32_path = stage / (MODEL_NAME if args.precision == "fp32" else "model.fp32.onnx")
         model = _export(export_module, graph, args, fp32_path, stages)
-        tile = _batch_tile(args, graph)
-        manifest["batch_tile"] = tile
-        if tile is not None:
-            manifest["rewrites"].append("batch_tiling")
-        if tile is not None and args.precision == "fp32":
-            model = _tile(model, tile, fp32_path, stages)
         with stages.stage("verify", f"onnxruntime vs PyTorch at batch {', '.join(map(str, PARITY_BATCHES))}"):
             inputs, references = _references(module, graph, args)
             manifest["parity"] = {"fp32": verify_outputs(fp32_path, inputs, references, "fp32")}
         if args.precision == "fp16":
             with stages.stage("fp16", "float16 weights and compute, float32 input and output"):
                 model, manifest["fp16"], manifest["parity"]["fp16"] = _fp16(
-                    model, inputs, references, stage / MODEL_NAME, tile
+                    model, inputs, references, stage / MODEL_NAME
                 )
         elif args.precision == "int8":
             with stages.stage("quantize", f"int8 Q/DQ, calibration {args.calib}"):
                 model, manifest["calibration"], manifest["parity"]["int8"] = _int8(
-                    model, fp32_path, stage / MODEL_NAME, calib, args, tile
+                    model, fp32_path, stage / MODEL_NAME, calib, args
                 )
+        tile = _batch_tile(args, graph)
+        if tile is not None:
+            model, tile, manifest["batch_tiling"] = _tile(model, tile, args, stage / MODEL_NAME, stages)
+        manifest["batch_tile"] = tile
+        if tile is not None:
+            manifest["rewrites"].append("batch_tiling")
         if fp32_path.name != MODEL_NAME:
             fp32_path.unlink()
         with stages.stage("picture", GRAPH_NAME):
@@ -234,20 +236,21 @@ def _batch_tile(args: argparse.Namespace, graph: nx.DiGraph) -> int | None:
 
 def choose_batch_tile(
     graph: nx.DiGraph,
-    setting: str = "auto",
+    setting: str = "off",
     *,
     precision: str = "fp32",
     target: str = "onnx",
     plain: bool = False,
     max_batch: int = 32,
 ) -> int | None:
-    """The batch tile of the final model (``--batch-tile`` is ``setting``), or ``None`` for none.
+    """The batch tile a build tries (``--batch-tile`` is ``setting``), or ``None`` for none.
 
-    ``auto`` tiles what onnxruntime runs on the CPU (fp32 and int8 for ``--target onnx``) so that one tile's
-    largest concatenation group fits :data:`densegraph.cost.TILE_BYTES`, unless a tile would hold
-    ``max_batch`` (``--batch``'s MAX) anyway: the loop costs ~40 us a run, which a tiny model at batch 1 would
-    only pay for. fp16 is a GPU precision and TensorRT takes whole batches, so neither is tiled; ``plain``
-    (``--plain``) applies no rewrite at all.
+    ``off`` (the default): none; the model runs the whole batch in one graph. ``N``: tiles of N samples.
+    ``auto``: a candidate for what onnxruntime runs on the CPU (fp32 and int8 for ``--target onnx``), the most
+    samples whose largest concatenation group fits :data:`densegraph.cost.TILE_BYTES`, unless a tile would
+    hold ``max_batch`` (``--batch``'s MAX) anyway; the build then keeps the tiled model only if it runs
+    faster than the untiled one on the build machine (:func:`time_batch_tiling`). fp16 is a GPU precision and
+    TensorRT takes whole batches, so neither is tiled by ``auto``; ``plain`` (``--plain``) applies no rewrite.
     """
     if setting == "off":
         return None
@@ -259,21 +262,80 @@ def choose_batch_tile(
     return tile if tile < max_batch else None
 
 
-def _tiled(model: Any, tile: int | None) -> Any:
-    """``model`` in a loop over batch tiles of ``tile`` samples (``None``: as it is), checked."""
-    if tile is None:
-        return model
+# The tiled model must beat the untiled one by this much (median of paired rounds) for `auto` to keep it: a
+# measurement on a busy machine must not turn a tie into a slower default.
+TILING_MARGIN = 1.03
+
+
+def time_batch_tiling(
+    untiled: bytes, tiled: bytes, x: np.ndarray, *, rounds: int = 7, threads: int = 0
+) -> dict[str, Any]:
+    """Time two serialized models side by side in onnxruntime (CPU, ``threads`` intra-op threads, 0: its
+    default) on ``x``; returns median wall ms of each and the median over rounds of untiled/tiled time.
+
+    Each round runs both back to back, in alternating order, after one warm-up call each: load from other
+    processes hits both alike.
+    """
+    import onnxruntime as ort
+
+    def session(data: bytes) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    runs = {"untiled": session(untiled), "tiled": session(tiled)}
+    name = runs["untiled"].get_inputs()[0].name
+    for run in runs.values():
+        run.run(None, {name: x})
+    times: dict[str, list[float]] = {"untiled": [], "tiled": []}
+    for r in range(rounds):
+        for form in ("untiled", "tiled") if r % 2 == 0 else ("tiled", "untiled"):
+            start = time.perf_counter()
+            runs[form].run(None, {name: x})
+            times[form].append(time.perf_counter() - start)
+    speedup = statistics.median(u / t for u, t in zip(times["untiled"], times["tiled"], strict=True))
+    return {
+        "untiled_ms": round(1e3 * statistics.median(times["untiled"]), 2),
+        "tiled_ms": round(1e3 * statistics.median(times["tiled"]), 2),
+        "speedup": round(speedup, 3),
+        "rounds": rounds,
+    }
+
+
+def _tile(
+    model: Any, tile: int, args: argparse.Namespace, path: Path, stages: _Stages
+) -> tuple[Any, int | None, dict[str, Any]]:
+    """The final model in a scan over batch tiles of ``tile`` samples, checked to compute what the untiled one
+    does; with ``--batch-tile auto`` kept only if it is faster here. Writes the model kept to ``path``;
+    returns it, its tile (``None``: untiled) and the manifest's record."""
     from .export.passes import tile_batch
 
-    return check_onnx(tile_batch(model, tile).model)
-
-
-def _tile(model: Any, tile: int, path: Path, stages: _Stages) -> Any:
-    """:func:`_tiled`, written to ``path``, as a stage of its own."""
-    with stages.stage("tile", f"onnxruntime CPU: a loop over batch tiles of {tile} sample(s)"):
-        model = _tiled(model, tile)
-        save_onnx(model, path)
-    return model
+    record: dict[str, Any] = {"setting": args.batch_tile, "tile": tile}
+    with stages.stage("tile", f"a scan over batch tiles of {tile} sample(s)"):
+        tiled = check_onnx(tile_batch(model, tile).model)
+        plain_bytes = model.SerializeToString(deterministic=True)
+        tiled_bytes = tiled.SerializeToString(deterministic=True)
+        shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+        batches = (1, tile + 1, 2 * tile + 1)  # a short tile, whole tiles and a short one
+        want = [run_onnx(ort_session(plain_bytes), x) for x in parity_inputs(shape, batches, seed=1)]
+        got = [run_onnx(ort_session(tiled_bytes), x) for x in parity_inputs(shape, batches, seed=1)]
+        err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
+        scale = max(float(np.max(np.abs(w))) for w in want)
+        if not all(g.shape == w.shape for g, w in zip(got, want, strict=True)) or err > 1e-5 * max(scale, 1):
+            raise BuildError(f"the batch-tiled model differs from the untiled one by {err:.3g}")
+        record["max_abs_err"] = float(f"{err:.3g}")
+        if args.batch_tile == "auto":
+            batch = args.batch[1]
+            x = parity_inputs(shape, (batch,), seed=2)[0]
+            timing = time_batch_tiling(plain_bytes, tiled_bytes, x)
+            record.update(batch=batch, **timing, margin=TILING_MARGIN)
+            if timing["speedup"] < TILING_MARGIN:
+                record["kept"] = False
+                return model, None, record
+        record["kept"] = True
+        save_onnx(tiled, path)
+    return tiled, tile, record
 
 
 def _references(module: nn.Module, graph: nx.DiGraph, args: argparse.Namespace) -> tuple[list, list]:
@@ -297,13 +359,9 @@ def _doc(graph: nx.DiGraph) -> str:
     return f"{graph.graph['name']}: images [batch, {c}, {h}, {w}] float32 -> logits [batch, {classes}]"
 
 
-def _fp16(
-    model: Any, inputs: list, references: list, path: Path, tile: int | None
-) -> tuple[Any, dict, dict | str]:
-    """Convert to fp16 (then tile) and verify it where onnxruntime's CPU kernels run it; returns model,
-    record, parity."""
+def _fp16(model: Any, inputs: list, references: list, path: Path) -> tuple[Any, dict, dict | str]:
+    """Convert to fp16 and verify it where onnxruntime's CPU kernels run it; returns model, record, parity."""
     model16, notes = fp16_from_onnx(model)
-    model16 = _tiled(model16, tile)
     data = save_onnx(model16, path)
     record: dict[str, Any] = {
         "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)",
@@ -324,10 +382,9 @@ def _calibration_data(args: argparse.Namespace, graph: nx.DiGraph) -> Any:
 
 
 def _int8(
-    fp32: Any, fp32_path: Path, path: Path, calib: Any, args: argparse.Namespace, tile: int | None
+    fp32: Any, fp32_path: Path, path: Path, calib: Any, args: argparse.Namespace
 ) -> tuple[Any, dict, dict]:
-    """Quantize with the calibration data (then tile); score int8 against fp32 (and the labels, when there are
-    some)."""
+    """Quantize with the calibration data; score int8 against fp32 (and the labels, when there are some)."""
     import onnx
 
     from .export.quantize import quantize_onnx
@@ -339,7 +396,7 @@ def _int8(
         done = quantize_onnx(fp32_path, path, calib.x, form=form)
     model = onnx.load(os.fspath(path))
     stamp(model, fp32.graph.name, fp32.doc_string)  # the quantizer names itself the producer
-    model = check_onnx(model) if tile is None else _tiled(model, tile)
+    model = check_onnx(model)
     save_onnx(model, path)
     labelled = calib.y.size > 0
     shape = tuple(calib.x.shape[1:])
