@@ -5,8 +5,8 @@ tests/data/torchvision-tiny.yaml with torchvision's weights, specs/cifar/densene
 opt-in batch-tiled form (``--batch-tile 2``, a padded ``Scan``) of the digits one. Each runs at batches 1-9 in onnxruntime,
 OpenVINO (CPU, ``INFERENCE_PRECISION_HINT=f32``), ``onnx.reference`` (the small models: it is pure numpy) and
 ``polygraphy run --onnxrt``, and is held to the PyTorch eval module (before any rewrite) on the same inputs
-with the build's own gates: fp32 max abs error, fp16 relative error
-(:data:`densegraph.export.onnx.TOLERANCES`), int8 logits SQNR (:func:`densegraph.export.onnx.verify_int8`).
+with the build's own gates (:mod:`densegraph.parity`): fp32 max abs error, fp16 relative error, int8 logits
+SQNR.
 
 Each runtime runs in a child process (tests/portability_runner.py), one batch at a time behind a progress
 file: a runtime that crashes the process (OpenVINO's heap corruption on the old ``Loop`` tiling) fails the
@@ -33,8 +33,8 @@ import torch
 
 from densegraph.cli import main
 from densegraph.errors import BuildError
-from densegraph.export.onnx import TOLERANCES, compare_outputs, verify_int8
 from densegraph.lower.torch import to_torch
+from densegraph.parity import check_int8, check_outputs
 from densegraph.testing import randomize_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,25 +225,20 @@ def _polygraphy(model: Built, root: Path) -> dict[int, Any]:
     return {b: (got if isinstance(got := run((b,), f"{tag}-{b}"), str) else got[0]) for b in BATCHES}
 
 
-def _failure(got: Any, reference: np.ndarray, precision: str) -> str | None:
+def _failure(got: Any, reference: np.ndarray, precision: str, runtime: str) -> str | None:
     """Why ``got`` misses the build's gate for ``precision`` against the PyTorch logits (None: it passes)."""
     if isinstance(got, str):
         return got
+    got = np.asarray(got)
     if got.shape != reference.shape:
         return f"logits of shape {list(got.shape)}, PyTorch {list(reference.shape)}"
-    got = got.astype(np.float32)
-    if not np.all(np.isfinite(got)):
-        return "outputs not finite"
-    stats = compare_outputs(got, reference)
-    if precision == "fp32" and stats["max_abs_err"] > TOLERANCES["fp32"]:
-        return f"max abs error {stats['max_abs_err']:.3g} > {TOLERANCES['fp32']:g}"
-    if precision == "fp16" and stats["max_rel_err"] > TOLERANCES["fp16"]:
-        return f"max relative error {stats['max_rel_err']:.3g} > {TOLERANCES['fp16']:g}"
-    if precision == "int8":
-        try:
-            verify_int8(reference, got)
-        except BuildError as exc:
-            return exc.message
+    try:
+        if precision == "int8":
+            check_int8(reference, got.astype(np.float32), runtime=runtime)
+        else:
+            check_outputs([got.astype(np.float32)], [reference], precision, runtime=runtime)
+    except BuildError as exc:
+        return exc.message
     return None
 
 
@@ -263,7 +258,9 @@ def test_model_runs_at_every_batch(
         pytest.skip(f"{runtime} is not installed (pip install 'densegraph[dev]')")
     model = built[key]
     got = outputs[runtime][key]
-    failures = {b: why for b in BATCHES if (why := _failure(got[b], model.references[b], model.precision))}
+    failures = {
+        b: why for b in BATCHES if (why := _failure(got[b], model.references[b], model.precision, runtime))
+    }
     assert not failures, f"{key} in {runtime}: " + "; ".join(
         f"batch {b}: {why}" for b, why in failures.items()
     )
