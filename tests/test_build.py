@@ -281,8 +281,9 @@ def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[st
     assert int8["passed"] and int8["samples"] == 8 and "top1_int8" not in int8
     assert manifest["calibration"]["split"] is None and manifest["calibration"]["calibration"]["samples"] == 8
     assert manifest["inputs"][0]["dtype"] == "float32"
-    # tiled after quantization: the int8 graph runs inside the loop, scored on 8 samples (three tiles)
-    assert manifest["batch_tile"] == 3 and manifest["model"]["ops"]["Loop"] == 1
+    # tiled after quantization and scoring: the int8 graph runs inside the scan, checked against itself untiled
+    assert manifest["batch_tile"] == 3 and manifest["model"]["ops"]["Scan"] == 1
+    assert manifest["batch_tiling"]["kept"] and manifest["batch_tiling"]["max_abs_err"] <= 1e-5
     assert manifest["model"]["ops"]["QuantizeLinear"] > 0
 
 
@@ -572,5 +573,5 @@ def test_densenet169_end_to_end(tmp_path: Path) -> None:
     assert manifest["params"] == 14_149_480 and manifest["macs"] == 3_359_843_328
     assert manifest["parity"]["fp32"]["passed"] and manifest["seed"] == 0
     assert manifest["outputs"][0]["shape"] == ["batch", 1000]
-    assert manifest["batch_tile"] == 1 and manifest["model"]["ops"]["Loop"] == 1
+    assert manifest["batch_tile"] is None and not {"Loop", "Scan"} & set(manifest["model"]["ops"])
     print(f"densenet169 build: {seconds:.1f} s")

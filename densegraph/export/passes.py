@@ -4,8 +4,8 @@ Every pass returns a new model (the input is left untouched) and the number of r
 checked against onnxruntime on random inputs in ``tests/export/test_passes.py``. They shape the exported graph
 for the int8 quantizer (:mod:`densegraph.export.quantize`) and for fp16 (:func:`~.onnx.fp16_from_onnx`). The
 fp32 model needs none of them: onnxruntime's CPU optimizer turns a standalone BatchNormalization into the same
-depthwise conv itself (in its NCHWc layout) and runs AveragePool natively. :func:`tile_batch` is the last pass
-of a CPU build: it changes where the work happens, not what is computed.
+depthwise conv itself (in its NCHWc layout) and runs AveragePool natively. :func:`tile_batch` is the opt-in
+last pass of a CPU build (``--batch-tile``): it changes where the work happens, not what is computed.
 
 ====================================  =========================================================================
 pass                                  rewrite
@@ -19,10 +19,10 @@ pass                                  rewrite
 :func:`avgpool_to_conv`               an AveragePool without padding -> a depthwise Conv with weights
                                       ``1 / (kh * kw)`` (onnxruntime's int8 depthwise conv is fast, its
                                       QLinearAveragePool is not)
-:func:`tile_batch`                    the whole graph -> a ``Loop`` over tiles of ``tile`` samples (the
-                                      batch stays dynamic; the last tile may be smaller): a tile's feature
-                                      maps stay in the CPU's cache from one layer to the next instead of
-                                      streaming through DRAM (:func:`untile_batch` undoes it, for TensorRT)
+:func:`tile_batch`                    the whole graph -> a ``Scan`` over tiles of ``tile`` samples, the
+                                      batch padded to whole tiles (it stays dynamic; opt-in): a tile's
+                                      feature maps stay in the CPU's cache from one layer to the next instead
+                                      of streaming through DRAM (:func:`untile_batch` undoes it, for TensorRT)
 ====================================  =========================================================================
 """
 
