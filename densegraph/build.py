@@ -317,13 +317,15 @@ def _tile(
         plain_bytes = model.SerializeToString(deterministic=True)
         tiled_bytes = tiled.SerializeToString(deterministic=True)
         shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
-        batches = (1, tile + 1, 2 * tile + 1)  # a short tile, whole tiles and a short one
-        want = [run_onnx(ort_session(plain_bytes), x) for x in parity_inputs(shape, batches, seed=1)]
-        got = [run_onnx(ort_session(tiled_bytes), x) for x in parity_inputs(shape, batches, seed=1)]
+        inputs = parity_inputs(shape, (1, tile, 2 * tile + 1), seed=1)  # padded, whole, whole and padded
+        untiled_run, tiled_run = ort_session(plain_bytes), ort_session(tiled_bytes)
+        want = [run_onnx(untiled_run, x) for x in inputs]
+        got = [run_onnx(tiled_run, x) for x in inputs]
         err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
         scale = max(float(np.max(np.abs(w))) for w in want)
         if not all(g.shape == w.shape for g, w in zip(got, want, strict=True)) or err > 1e-5 * max(scale, 1):
-            raise BuildError(f"the batch-tiled model differs from the untiled one by {err:.3g}")
+            # the same kernels on the same samples: a difference is densegraph's bug, not the user's input
+            raise RuntimeError(f"the batch-tiled model differs from the untiled one by {err:.3g}")
         record["max_abs_err"] = float(f"{err:.3g}")
         if args.batch_tile == "auto":
             batch = args.batch[1]

@@ -180,6 +180,25 @@ def test_batch_tiled_build_reproduces_torchvision(
     np.testing.assert_allclose(got, untiled, rtol=1e-6, atol=1e-6)
 
 
+def test_batch_tile_scope() -> None:
+    """What each --batch-tile setting proposes: nothing by default, N as asked, and for auto a cache-sized
+    candidate only where onnxruntime runs the model on the CPU and a tile would be smaller than --batch's MAX."""
+    from densegraph.build import choose_batch_tile
+    from densegraph.graph import graph_of
+    from densegraph.spec import load_spec
+
+    densenet121 = graph_of(load_spec(str(REPO / "specs" / "densenet121.yaml")))
+    tiny = graph_of(load_spec(TINY_SPEC))
+    assert choose_batch_tile(densenet121) is None  # off is the default
+    assert choose_batch_tile(densenet121, "3", precision="fp16") == 3
+    assert choose_batch_tile(densenet121, "auto") == 1
+    assert choose_batch_tile(densenet121, "auto", precision="int8") == 5
+    for kwargs in ({"precision": "fp16"}, {"target": "tensorrt"}, {"plain": True}):
+        assert choose_batch_tile(densenet121, "auto", **kwargs) is None, kwargs  # type: ignore[arg-type]
+    assert choose_batch_tile(tiny, "auto") is None  # 128 samples a tile: more than --batch's MAX of 32
+    assert choose_batch_tile(tiny, "auto", max_batch=256) == 128
+
+
 def test_auto_batch_tiling_keeps_only_a_faster_model(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, good_build: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
