@@ -67,10 +67,16 @@ MODELS = [(case, precision) for case in CASES for precision in case.precisions]
 RUNTIMES = ("onnxruntime", "openvino", "reference", "polygraphy")
 
 
+def _polygraphy_cli() -> str | None:
+    """The ``polygraphy`` command: on PATH, or beside this Python (a virtual environment not activated)."""
+    beside = Path(sys.executable).parent / "polygraphy"
+    return shutil.which("polygraphy") or (str(beside) if beside.is_file() else None)
+
+
 def _available(runtime: str) -> bool:
     module = {"reference": "onnx.reference", "polygraphy": "polygraphy"}.get(runtime, runtime)
     return importlib.util.find_spec(module) is not None and (
-        runtime != "polygraphy" or shutil.which("polygraphy") is not None
+        runtime != "polygraphy" or bool(_polygraphy_cli())
     )
 
 
@@ -208,7 +214,7 @@ def _polygraphy(model: Built, root: Path) -> dict[int, Any]:
         feeds, results = root / f"poly-{tag}.in.json", root / f"poly-{tag}.out.json"
         save_json([{"images": data[str(b)]} for b in batches], str(feeds))
         child = subprocess.run(
-            ["polygraphy", "run", str(model.model), "--onnxrt", "--load-inputs", str(feeds)]
+            [str(_polygraphy_cli()), "run", str(model.model), "--onnxrt", "--load-inputs", str(feeds)]
             + ["--save-outputs", str(results)],
             capture_output=True,
             text=True,
