@@ -3,9 +3,10 @@
 Stages: graph (spec -> connection graph), lower (the PyTorch eval module: weights or seeded init; the numerical
 reference), emit (the ONNX model emitted from the graph's op lists after the passes of
 :mod:`densegraph.passes`, with the module's tensors: :mod:`densegraph.export.emit`), check (shapes, ONNX
-checker), tile (for onnxruntime on the CPU: the graph in a loop over batch tiles sized to the cache,
-:func:`densegraph.export.passes.tile_batch`), verify (onnxruntime against the unrewritten PyTorch eval module
-at batch 1 and 3), fp16 or quantize (tiled after conversion), picture, card (``MODEL.md``), and for
+checker), verify (onnxruntime against the unrewritten PyTorch eval module at batch 1 and 3), fp16 or quantize,
+tile (opt-in, ``batch_tile``: the final model in a scan over batch tiles, checked against the untiled one and
+for ``auto`` kept only if faster on this machine: :mod:`densegraph.export.tiling`), picture, card
+(``MODEL.md``), and for
 ``target="tensorrt"`` the engine. Everything is written to a staging folder beside the output folder and
 moved into place at the end: a failed build leaves nothing behind, a good build already in the folder survives
 a failed rebuild, and a folder holding anything densegraph did not write is never replaced
@@ -30,7 +31,7 @@ import numpy as np
 
 from ._io import write_bytes_atomic
 from ._output import BuildOutput
-from .cost import batch_tile, totals
+from .cost import totals
 from .data import load_data
 from .describe import CARD_NAME, model_card, model_metadata, read_labels
 from .errors import BuildError, Loc
@@ -51,6 +52,7 @@ from .export.onnx import (
     verify_int8,
     verify_outputs,
 )
+from .export.tiling import choose_batch_tile, tile_model
 from .graph import build_graph
 from .manifest import (
     MANIFEST_FORMAT,
@@ -93,7 +95,8 @@ class BuildOptions:
     fp16 (fp16 compute, fp32 ``images``/``logits``) or int8 (needs ``calib``: ``digits``, an image folder or an
     ``.npy``; ``calib_samples`` of it). ``target``: ``onnx``, or ``tensorrt`` for an engine too (with
     ``batch`` MIN:OPT:MAX as its profile and the TensorRT fields at the end). ``plain``: emit without the graph
-    rewrites. ``batch_tile``: ``auto``, ``off`` or a count of samples. ``labels``: class names (a file with one
+    rewrites. ``batch_tile``: ``off`` (default), ``auto`` (a cache-sized tile, kept only if faster on this
+    machine) or a count of samples (:mod:`densegraph.export.tiling`). ``labels``: class names (a file with one
     a line or a JSON list, or a sequence), written into the model's metadata.
     """
 
@@ -106,7 +109,7 @@ class BuildOptions:
     batch: tuple[int, int, int] = (1, 8, 32)
     opset: int = DEFAULT_OPSET
     plain: bool = False
-    batch_tile: str | int = "auto"
+    batch_tile: str | int = "off"
     seed: int = 0
     labels: str | os.PathLike[str] | Sequence[str] | None = None
     workspace: float | None = None
@@ -207,25 +210,25 @@ def build_model(
         manifest = _manifest_head(options, spec_path, graph, passes)
         fp32_path = stage / (MODEL_NAME if options.precision == "fp32" else "model.fp32.onnx")
         model = _emit(module, graph, options, passes, metadata, fp32_path, stages)
-        tile = _batch_tile(options, graph)
-        manifest["batch_tile"] = tile
-        if tile is not None:
-            manifest["rewrites"].append("batch_tiling")
-        if tile is not None and options.precision == "fp32":
-            model = _tile(model, tile, fp32_path, stages)
         with stages.stage("verify", f"onnxruntime vs PyTorch at batch {', '.join(map(str, PARITY_BATCHES))}"):
             inputs, references = _references(module, graph, options)
             manifest["parity"] = {"fp32": verify_outputs(fp32_path, inputs, references, "fp32")}
         if options.precision == "fp16":
             with stages.stage("fp16", "float16 weights and compute, float32 input and output"):
                 model, manifest["fp16"], manifest["parity"]["fp16"] = _fp16(
-                    model, inputs, references, stage / MODEL_NAME, tile, metadata
+                    model, inputs, references, stage / MODEL_NAME, metadata
                 )
         elif options.precision == "int8":
             with stages.stage("quantize", f"int8 Q/DQ, calibration {options.calib}"):
                 model, manifest["calibration"], manifest["parity"]["int8"] = _int8(
-                    model, fp32_path, stage / MODEL_NAME, calib, options, tile, metadata
+                    model, fp32_path, stage / MODEL_NAME, calib, options, metadata
                 )
+        tile = _batch_tile(options, graph)
+        if tile is not None:
+            model, tile, manifest["batch_tiling"] = _tile(model, tile, options, stage / MODEL_NAME, stages)
+        manifest["batch_tile"] = tile
+        if tile is not None:
+            manifest["rewrites"].append("batch_tiling")
         if fp32_path.name != MODEL_NAME:
             fp32_path.unlink()
         with stages.stage("picture", GRAPH_NAME):
@@ -412,48 +415,17 @@ def _batch_tile(options: BuildOptions, graph: nx.DiGraph) -> int | None:
     )
 
 
-def choose_batch_tile(
-    graph: nx.DiGraph,
-    setting: str = "auto",
-    *,
-    precision: str = "fp32",
-    target: str = "onnx",
-    plain: bool = False,
-    max_batch: int = 32,
-) -> int | None:
-    """The batch tile of the final model (``--batch-tile`` is ``setting``), or ``None`` for none.
-
-    ``auto`` tiles what onnxruntime runs on the CPU (fp32 and int8 for ``--target onnx``) so that one tile's
-    largest concatenation group fits :data:`densegraph.cost.TILE_BYTES`, unless a tile would hold
-    ``max_batch`` (``--batch``'s MAX) anyway: the loop costs ~40 us a run, which a tiny model at batch 1 would
-    only pay for. fp16 is a GPU precision and TensorRT takes whole batches, so neither is tiled; ``plain``
-    (``--plain``) applies no rewrite at all.
-    """
-    if setting == "off":
-        return None
-    if setting != "auto":
-        return int(setting)
-    if plain or target == "tensorrt" or precision == "fp16":
-        return None
-    tile = batch_tile(graph, element_bytes=1 if precision == "int8" else 4)
-    return tile if tile < max_batch else None
-
-
-def _tiled(model: Any, tile: int | None) -> Any:
-    """``model`` in a loop over batch tiles of ``tile`` samples (``None``: as it is), checked."""
-    if tile is None:
-        return model
-    from .export.passes import tile_batch
-
-    return check_onnx(tile_batch(model, tile).model)
-
-
-def _tile(model: Any, tile: int, path: Path, stages: _Stages) -> Any:
-    """:func:`_tiled`, written to ``path``, as a stage of its own."""
-    with stages.stage("tile", f"onnxruntime CPU: a loop over batch tiles of {tile} sample(s)"):
-        model = _tiled(model, tile)
-        save_onnx(model, path)
-    return model
+def _tile(
+    model: Any, tile: int, options: BuildOptions, path: Path, stages: _Stages
+) -> tuple[Any, int | None, dict]:
+    """:func:`densegraph.export.tiling.tile_model` as a stage; the model kept is written to ``path``."""
+    with stages.stage("tile", f"a scan over batch tiles of {tile} sample(s)"):
+        model, kept, record = tile_model(
+            model, tile, setting=str(options.batch_tile), timing_batch=options.batch[1]
+        )
+        if kept is not None:
+            save_onnx(model, path)
+    return model, kept, record
 
 
 def _references(module: nn.Module, graph: nx.DiGraph, options: BuildOptions) -> tuple[list, list]:
@@ -478,13 +450,11 @@ def _doc(graph: nx.DiGraph) -> str:
 
 
 def _fp16(
-    model: Any, inputs: list, references: list, path: Path, tile: int | None, metadata: dict[str, str]
+    model: Any, inputs: list, references: list, path: Path, metadata: dict[str, str]
 ) -> tuple[Any, dict, dict | str]:
-    """Convert to fp16 (then tile) and verify it where onnxruntime's CPU kernels run it; returns model,
-    record, parity."""
+    """Convert to fp16 and verify it where onnxruntime's CPU kernels run it; returns model, record, parity."""
     model16, notes = fp16_from_onnx(model)
     set_metadata(model16, metadata)
-    model16 = _tiled(model16, tile)
     data = save_onnx(model16, path)
     record: dict[str, Any] = {
         "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)",
@@ -518,11 +488,9 @@ def _int8(
     path: Path,
     calib: Any,
     options: BuildOptions,
-    tile: int | None,
     metadata: dict[str, str],
 ) -> tuple[Any, dict, dict]:
-    """Quantize with the calibration data (then tile); score int8 against fp32 (and the labels, when there are
-    some)."""
+    """Quantize with the calibration data; score int8 against fp32 (and the labels, when there are some)."""
     import onnx
 
     from .export.quantize import quantize_onnx
@@ -535,7 +503,7 @@ def _int8(
     model = onnx.load(os.fspath(path))
     stamp(model, fp32.graph.name, fp32.doc_string)  # the quantizer names itself the producer
     set_metadata(model, metadata)
-    model = check_onnx(model) if tile is None else _tiled(model, tile)
+    model = check_onnx(model)
     save_onnx(model, path)
     assert options.calib is not None  # checked with the options
     labelled = calib.y.size > 0

@@ -86,9 +86,9 @@ def _batch_range(text: str) -> tuple[int, int, int]:
 
 
 def _batch_tile(text: str) -> str:
-    if text in ("auto", "off") or (text.isdigit() and int(text) > 0):
+    if text in ("off", "auto") or (text.isdigit() and int(text) > 0):
         return text
-    raise argparse.ArgumentTypeError(f"expected auto, off or a positive number of samples, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected off, auto or a positive number of samples, got {text!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,9 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-tile",
         type=_batch_tile,
-        default="auto",
-        metavar="auto|off|N",
-        help="run onnxruntime's CPU graph in batch tiles of N samples (auto: sized to the cache)",
+        default="off",
+        metavar="off|auto|N",
+        help="run the graph in a scan over batch tiles of N samples (auto: sized to the cache, kept only "
+        "if faster on this machine; default off)",
     )
     p.add_argument("--seed", type=_seed, default=0, help="seed of the initialization when no --weights")
     p.add_argument(

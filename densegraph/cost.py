@@ -11,10 +11,12 @@ from typing import Any
 
 __all__ = ["TILE_BYTES", "batch_tile", "op_output", "op_params", "op_macs", "totals", "peak_activation_bytes"]
 
-# The cache budget of one batch tile: a tile's largest concatenation group (the block buffer a dense block
-# fills) should stay in the last-level cache from one layer to the next, and under glibc's mmap threshold.
-# Measured on 2-core EPYC VMs (tools/bench_torch_infer.py, tools/bench_infer.py): densenet121 at batch 8 ran
-# 10-15% faster in tiles of one sample than untiled, in PyTorch and in onnxruntime alike.
+# The cache budget of one batch tile, for ``--batch-tile auto``'s candidate: a tile's largest concatenation
+# group (the block buffer a dense block fills) should stay in the last-level cache from one layer to the next,
+# and under glibc's mmap threshold. Tuned on 2-core AVX2 EPYC VMs (densenet121 batch 8 ran 10-15% faster in
+# tiles of one sample there); an AVX-512 host ran the same tiling 8% slower than untiled, so the build times
+# the candidate against the untiled model on the machine at hand and keeps it only if it wins
+# (densegraph.build.time_batch_tiling): this number proposes, the measurement decides.
 TILE_BYTES = 4 << 20
 
 Size = tuple[int, int]

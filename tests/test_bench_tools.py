@@ -35,26 +35,34 @@ def test_bench_infer_reports_every_contender(tmp_path: Path) -> None:
     assert set(rows) == {
         "eager plain",
         "eager frozen",
-        "ort plain",
+        "ort torchvision",
         "ort densegraph",
-        "ort untiled",
+        "ort tiled",
         "ort int8 cpu",
+        "ort int8 tiled",
         "ort int8 qdq",
     }
-    for name in ("eager frozen", "ort plain", "ort densegraph", "ort untiled"):
+    # the baseline is torchvision's forward pass, written independently, with the same weights
+    assert record["baseline"].startswith(
+        ("torch.onnx.export of TorchvisionDenseNet", "torch.onnx.export of torchvision")
+    )
+    for name in ("eager frozen", "ort torchvision", "ort densegraph", "ort tiled"):
         assert rows[name]["max_abs_error"] < 1e-4, name
-    assert rows["ort densegraph"]["speedup"]["vs"] == "ort plain"
+    assert rows["ort densegraph"]["speedup"]["vs"] == "ort torchvision"
+    assert rows["ort tiled"]["speedup"]["vs"] == "ort densegraph"
     assert set(record["ratios"]) == {
         "frozen_vs_plain_eager",
-        "densegraph_onnx_vs_plain_onnx",
+        "densegraph_onnx_vs_torchvision_onnx",
+        "int8_cpu_vs_torchvision_onnx",
         "int8_cpu_vs_fp32_onnx",
     }
     import onnx
 
     from densegraph.export.passes import batch_tile_of
 
-    assert batch_tile_of(onnx.load(tmp_path / "densegraph.onnx")) == 2
-    assert batch_tile_of(onnx.load(tmp_path / "untiled.onnx")) is None
+    assert batch_tile_of(onnx.load(tmp_path / "tiled.onnx")) == 2
+    assert batch_tile_of(onnx.load(tmp_path / "int8.cpu.tiled.onnx")) == 2
+    assert batch_tile_of(onnx.load(tmp_path / "densegraph.onnx")) is None
 
 
 def test_bench_torch_infer_reports_frozen_every_ablation_and_the_floor() -> None:

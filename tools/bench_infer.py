@@ -7,16 +7,20 @@
 Contenders (all fp32 unless said; the same weights: seeded init with non-trivial BatchNorm statistics):
 
 - ``eager plain``: ``to_torch(spec)`` in eval mode; ``eager frozen``: ``freeze(module)``;
-- ``ort plain``: onnxruntime on a plain ``torch.onnx.export`` of the unrewritten module (opset 19);
-- ``ort densegraph``: onnxruntime on densegraph's ONNX as ``densegraph build`` makes it (emitted from the graph
-  with ``EXPORT_PASSES``: :func:`densegraph.export.emit.onnx_from_graph`, then ``tile_batch`` with the tile
-  ``build`` picks); ``ort untiled``: the same model without the batch tiling (what ``--batch-tile off`` builds);
-- ``ort traced`` (with ``--traced``): ``torch.onnx.export`` of ``freeze(m, for_export=True)``, untiled: the same
-  rewrites traced by the TorchScript exporter, as densegraph made its ONNX before it emitted it from the graph;
+- ``ort torchvision``: onnxruntime on ``torch.onnx.export`` (opset 19) of :class:`TorchvisionDenseNet`, an
+  independent module with torchvision's DenseNet forward pass (``torch.cat`` per layer, norm-relu-conv, the
+  transition's conv before its pool) that loads the same weights by torchvision's key names (``strict``);
+  for a spec torchvision cannot express (a ``cifar`` stem, non-default connectivity or per-block options),
+  the plain export of ``to_torch(spec)`` stands in and the record says so;
+- ``ort densegraph``: onnxruntime on the model ``densegraph build`` makes by default (emitted from the graph
+  with ``EXPORT_PASSES``: :func:`densegraph.export.emit.onnx_from_graph`, untiled); ``ort tiled``: the same in a scan over batch tiles, the tile
+  ``--batch-tile`` gives (``auto``: the candidate ``densegraph build --batch-tile auto`` would time);
 - ``ort int8 cpu`` / ``ort int8 qdq``: :func:`densegraph.export.quantize.quantize_onnx` of densegraph's ONNX,
-  ``form="cpu"`` (emitted with ``INT8_CPU_PASSES``: what ``--precision int8`` builds for onnxruntime, tiled as
-  ``build`` tiles it) and ``form="qdq"`` (the TensorRT form, untiled),
-  calibrated on ``--calib-samples`` standard-normal images (speed only: the weights are random anyway).
+  ``form="cpu"`` (what ``--precision int8`` builds for onnxruntime; ``ort int8 tiled``: tiled like ``ort
+  tiled``) and ``form="qdq"`` (the TensorRT form), calibrated on ``--calib-samples`` standard-normal images
+  (speed only: the weights are random anyway).
+- ``ort traced`` (with ``--traced``): ``torch.onnx.export`` of ``freeze(m, for_export=True)``: the same
+  rewrites traced by the TorchScript exporter, as densegraph made its ONNX before it emitted it from the graph;
 
 Within a batch size, rounds alternate the contenders: the PyTorch pair and the onnxruntime group each run
 back to back, in order then reversed, the PyTorch pair on ``--eager-iters`` of the ``--iters`` rounds (so load
@@ -61,17 +65,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BASELINES = {
     "eager plain": "eager plain",
     "eager frozen": "eager plain",
-    "ort plain": "ort plain",
-    "ort densegraph": "ort plain",
-    "ort untiled": "ort plain",
-    "ort traced": "ort untiled",
-    "ort int8 cpu": "ort densegraph",
-    "ort int8 qdq": "ort densegraph",
+    "ort torchvision": "ort torchvision",
+    "ort densegraph": "ort torchvision",
+    "ort tiled": "ort densegraph",
+    "ort int8 cpu": "ort torchvision",
+    "ort int8 tiled": "ort int8 cpu",
+    "ort int8 qdq": "ort torchvision",
+    "ort traced": "ort densegraph",
 }
 # (name, contender, baseline, target) at the largest batch
 TARGETS = (
     ("frozen_vs_plain_eager", "eager frozen", "eager plain", 1.8),
-    ("densegraph_onnx_vs_plain_onnx", "ort densegraph", "ort plain", 1.1),
+    ("densegraph_onnx_vs_torchvision_onnx", "ort densegraph", "ort torchvision", 1.1),
+    ("int8_cpu_vs_torchvision_onnx", "ort int8 cpu", "ort torchvision", 3.0),
     ("int8_cpu_vs_fp32_onnx", "ort int8 cpu", "ort densegraph", 1.5),
 )
 
@@ -128,7 +134,7 @@ def versions() -> dict[str, str]:
 
 
 def _plain_export(module: Any, shape: tuple[int, ...], path: Path) -> None:
-    """What a user gets from ``torch.onnx.export`` on the unrewritten module: no densegraph pass at all."""
+    """What a user gets from ``torch.onnx.export`` of ``module``: no densegraph pass at all."""
     import torch
 
     with warnings.catch_warnings():
@@ -144,6 +150,76 @@ def _plain_export(module: Any, shape: tuple[int, ...], path: Path) -> None:
                 output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
+
+
+def torchvision_densenet(spec: Any) -> Any:
+    """torchvision's DenseNet forward pass for ``spec``, written here from torchvision's design, not from
+    densegraph's lowering; ``None`` when torchvision's constructor cannot express the spec."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    uniform = all(
+        (b.growth_rate, b.bottleneck, b.compression, b.connectivity.kind)
+        == (spec.growth_rate, spec.bottleneck, 0.5, "dense")
+        for b in spec.blocks
+    )  # dropout is the identity in eval mode
+    if spec.stem.kind != "imagenet" or not uniform:
+        return None
+    k, bn_size = spec.growth_rate, spec.bottleneck
+
+    class DenseLayer(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.norm1, self.relu1 = nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+            self.conv1 = nn.Conv2d(channels, bn_size * k, 1, bias=False)
+            self.norm2, self.relu2 = nn.BatchNorm2d(bn_size * k), nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(bn_size * k, k, 3, padding=1, bias=False)
+
+        def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+            out = self.conv1(self.relu1(self.norm1(torch.cat(features, 1))))
+            return self.conv2(self.relu2(self.norm2(out)))
+
+    class DenseBlock(nn.ModuleDict):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = [x]
+            for layer in self.values():
+                features.append(layer(features))
+            return torch.cat(features, 1)
+
+    class Transition(nn.Sequential):
+        def __init__(self, channels: int, out: int) -> None:
+            super().__init__()
+            self.norm, self.relu = nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+            self.conv = nn.Conv2d(channels, out, 1, bias=False)
+            self.pool = nn.AvgPool2d(2, 2)
+
+    class DenseNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            c = spec.stem.channels
+            self.features = nn.Sequential()
+            self.features.add_module("conv0", nn.Conv2d(spec.input_channels, c, 7, 2, 3, bias=False))
+            self.features.add_module("norm0", nn.BatchNorm2d(c))
+            self.features.add_module("relu0", nn.ReLU(inplace=True))
+            self.features.add_module("pool0", nn.MaxPool2d(3, 2, 1))
+            for i, block in enumerate(spec.blocks, 1):
+                dense = DenseBlock()
+                for j in range(block.layers):
+                    dense[f"denselayer{j + 1}"] = DenseLayer(c + j * k)
+                self.features.add_module(f"denseblock{i}", dense)
+                c += block.layers * k
+                if i < len(spec.blocks):
+                    self.features.add_module(f"transition{i}", Transition(c, c // 2))
+                    c //= 2
+            self.features.add_module("norm5", nn.BatchNorm2d(c))
+            self.classifier = nn.Linear(c, spec.head.classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = F.adaptive_avg_pool2d(F.relu(self.features(x), inplace=True), (1, 1))
+            return self.classifier(torch.flatten(out, 1))
+
+    return DenseNet().eval()
 
 
 def _session(path: Path, threads: int, spin: bool, profile: bool = False) -> Any:
@@ -217,7 +293,7 @@ def _ort_profile(path: Path, x: np.ndarray, threads: int, runs: int = 3) -> list
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
         op = event["args"]["op_name"]
-        if op == "Loop":  # a batch-tiled model: the loop's time is its body's kernels, counted below
+        if op in ("Loop", "Scan"):  # a batch-tiled model: its time is its body's kernels, counted below
             continue
         shapes = event["args"].get("input_type_shape", [])
         weight = 3 if op == "QLinearConv" else 1
@@ -318,8 +394,8 @@ def _arguments() -> argparse.Namespace:
 
 
 def _tile_of(graph: Any, args: argparse.Namespace, precision: str) -> int | None:
-    """The batch tile ``densegraph build --precision PRECISION --batch-tile ...`` picks (default --batch)."""
-    from densegraph.builder import choose_batch_tile
+    """The batch tile ``densegraph build --precision PRECISION --batch-tile ...`` tries (default --batch)."""
+    from densegraph.export.tiling import choose_batch_tile
 
     return choose_batch_tile(graph, args.batch_tile, precision=precision)
 
@@ -333,18 +409,42 @@ def _emit(module: Any, passes: Any, path: Path) -> None:
     save_onnx(check_onnx(model), path)
 
 
-def _tiled(source: Path, target: Path, tile: int | None) -> None:
+def _tiled(source: Path, target: Path, tile: int) -> None:
     import onnx
 
     from densegraph.export.onnx import check_onnx, save_onnx
     from densegraph.export.passes import tile_batch
 
-    model = onnx.load(os.fspath(source))
-    save_onnx(check_onnx(tile_batch(model, tile).model) if tile else model, target)
+    save_onnx(check_onnx(tile_batch(onnx.load(os.fspath(source)), tile).model), target)
+
+
+def _reference_module(plain: Any, spec: Any) -> tuple[Any, str]:
+    """The baseline's module and what it is: torchvision's own DenseNet where torchvision is installed (it
+    cannot be next to torch 2.13), else :func:`torchvision_densenet`, both with ``plain``'s weights loaded by
+    torchvision's key names; ``plain`` itself for a spec torchvision cannot express."""
+    reference = torchvision_densenet(spec)
+    if reference is None:
+        return plain, "torch.onnx.export of to_torch(spec) (torchvision cannot express this spec)"
+    what = "TorchvisionDenseNet (torchvision's forward pass, written in tools/bench_infer.py)"
+    try:
+        import torchvision
+    except ImportError:
+        torchvision = None
+    if torchvision is not None and spec.input_channels == 3:  # torchvision's stem takes RGB
+        reference = torchvision.models.DenseNet(
+            growth_rate=spec.growth_rate,
+            block_config=tuple(b.layers for b in spec.blocks),
+            num_init_features=spec.stem.channels,
+            bn_size=spec.bottleneck,
+            num_classes=spec.head.classes,
+        ).eval()
+        what = f"torchvision {torchvision.__version__} DenseNet"
+    reference.load_state_dict(plain.state_dict(), strict=True)
+    return reference, f"torch.onnx.export of {what}, the same weights"
 
 
 def _prepare_onnx(
-    plain: Any, graph: Any, shape: tuple[int, ...], folder: Path, args: argparse.Namespace
+    plain: Any, spec: Any, graph: Any, shape: tuple[int, ...], folder: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Write the ONNX contenders; returns their paths, preparation times, tiles and the quantizer's reports."""
     from densegraph.export.quantize import quantize_onnx
@@ -353,42 +453,40 @@ def _prepare_onnx(
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    _plain_export(plain, shape, folder / "plain.onnx")
-    seconds["export_plain"] = time.perf_counter() - start
+    reference, baseline = _reference_module(plain, spec)
+    _plain_export(reference, shape, folder / "torchvision.onnx")
+    seconds["export_torchvision"] = time.perf_counter() - start
     start = time.perf_counter()
-    _emit(plain, EXPORT_PASSES, folder / "untiled.onnx")
-    tiles = {"fp32": _tile_of(graph, args, "fp32"), "int8": _tile_of(graph, args, "int8")}
-    _tiled(folder / "untiled.onnx", folder / "densegraph.onnx", tiles["fp32"])
+    _emit(plain, EXPORT_PASSES, folder / "densegraph.onnx")
     seconds["export_densegraph"] = time.perf_counter() - start
-    paths = {
-        "ort plain": folder / "plain.onnx",
-        "ort densegraph": folder / "densegraph.onnx",
-        "ort untiled": folder / "untiled.onnx",
-    }
-    if not tiles["fp32"]:
-        del paths["ort untiled"]
+    tiles = {"fp32": _tile_of(graph, args, "fp32"), "int8": _tile_of(graph, args, "int8")}
+    paths = {"ort torchvision": folder / "torchvision.onnx", "ort densegraph": folder / "densegraph.onnx"}
+    if tiles["fp32"]:
+        _tiled(folder / "densegraph.onnx", folder / "tiled.onnx", tiles["fp32"])
+        paths["ort tiled"] = folder / "tiled.onnx"
     if args.traced:
         start = time.perf_counter()
         _plain_export(freeze(plain, for_export=True), shape, folder / "traced.onnx")
         seconds["export_traced"] = time.perf_counter() - start
         paths["ort traced"] = folder / "traced.onnx"
-        BASELINES["ort traced"] = "ort untiled" if "ort untiled" in paths else "ort densegraph"
     reports: dict[str, Any] = {}
     if not args.no_int8:
         calib = np.random.default_rng(0).standard_normal((args.calib_samples, *shape), dtype=np.float32)
-        _emit(plain, INT8_CPU_PASSES, folder / "untiled.cpu.onnx")
+        _emit(plain, INT8_CPU_PASSES, folder / "densegraph.cpu.onnx")
         for form in ("cpu", "qdq"):
             start = time.perf_counter()
             path = folder / f"int8.{form}.onnx"
-            source = folder / ("untiled.cpu.onnx" if form == "cpu" else "untiled.onnx")
+            source = folder / ("densegraph.cpu.onnx" if form == "cpu" else "densegraph.onnx")
             info = quantize_onnx(source, path, calib, form=form)
-            if form == "cpu":
-                _tiled(path, path, tiles["int8"])
             seconds[f"quantize_{form}"] = time.perf_counter() - start
             reports[form] = {k: info[k] for k in ("quantized_nodes", "reduce_range")}
             paths[f"ort int8 {form}"] = path
+            if form == "cpu" and tiles["int8"]:
+                _tiled(path, folder / "int8.cpu.tiled.onnx", tiles["int8"])
+                paths["ort int8 tiled"] = folder / "int8.cpu.tiled.onnx"
     return {
         "paths": paths,
+        "baseline": baseline,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "tiles": tiles,
         "int8": reports,
@@ -402,8 +500,9 @@ def _measure(
     sessions: dict[str, Any],
     shape: tuple[int, ...],
     args: argparse.Namespace,
-) -> dict[str, Any]:
-    """Times (median ms), paired speedups against each contender's baseline and errors at one batch size."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Times (median ms), paired speedups against each contender's baseline and errors at one batch size; and
+    the paired ratios of :data:`TARGETS`."""
     import torch
 
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
@@ -421,6 +520,14 @@ def _measure(
             for name, fn in {**eager, **ort}.items()
         }
         samples = _time([(eager, args.eager_iters), (ort, args.iters)], args.warmup, args.repeat)
+    ratios = {
+        label: {
+            "wall": round(_paired(samples, baseline, contender, "wall"), 3),
+            "cpu": round(_paired(samples, baseline, contender, "cpu"), 3),
+        }
+        for label, contender, baseline, _ in TARGETS
+        if contender in samples and baseline in samples
+    }
     rows: dict[str, Any] = {}
     for name, clocks in samples.items():
         base = BASELINES[name]
@@ -435,7 +542,7 @@ def _measure(
                 "wall": round(_paired(samples, base, name, "wall"), 3),
                 "cpu": round(_paired(samples, base, name, "cpu"), 3),
             }
-    return rows
+    return rows, ratios
 
 
 def main() -> None:
@@ -478,14 +585,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="densegraph-bench-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        prepared = _prepare_onnx(plain, graph, shape, folder, args)
+        prepared = _prepare_onnx(plain, spec, graph, shape, folder, args)
         console.print(
             "prepared (s): "
             + ", ".join(f"{k} {v}" for k, v in prepared["seconds"].items())
             + f"; batch tiles: fp32 {prepared['tiles']['fp32']}, int8 cpu {prepared['tiles']['int8']}"
         )
+        console.print(f"baseline: {prepared['baseline']}")
         sessions = {name: _session(path, args.threads, args.spin) for name, path in prepared["paths"].items()}
-        results = {str(b): _measure(b, plain, frozen, sessions, shape, args) for b in batches}
+        measured = {str(b): _measure(b, plain, frozen, sessions, shape, args) for b in batches}
+        results = {b: rows for b, (rows, _) in measured.items()}
 
         table = Table(title="inference latency: medians of alternating rounds; speedup = paired median")
         for column in ("batch", "contender", "wall ms", "cpu ms", "speedup", "over", "max |err|"):
@@ -510,17 +619,18 @@ def main() -> None:
         largest = str(max(batches))
         ratios: dict[str, Any] = {}
         for label, contender, baseline, target in TARGETS:
-            row = results[largest].get(contender)
-            if row is None or row.get("speedup", {}).get("vs") != baseline:
+            up = measured[largest][1].get(label)
+            if up is None:
                 continue
-            up = row["speedup"]
             ratios[label] = {
                 "batch": int(largest),
+                "contender": contender,
+                "baseline": baseline,
                 "wall": up["wall"],
                 "cpu": up["cpu"],
                 "target": target,
                 "met": up["wall"] >= target,
-                "max_abs_error": row["max_abs_error"],
+                "max_abs_error": results[largest][contender]["max_abs_error"],
             }
             verdict = "[green]met[/]" if up["wall"] >= target else "[red]not met[/]"
             console.print(
@@ -556,6 +666,7 @@ def main() -> None:
             "iters": {"onnxruntime": args.iters, "pytorch": args.eager_iters, "repeat": args.repeat},
             "machine": host,
             "versions": versions(),
+            "baseline": prepared["baseline"],
             "prepare_s": prepared["seconds"],
             "batch_tiles": prepared["tiles"],
             "int8": prepared["int8"],

@@ -217,7 +217,7 @@ def io_signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How many nodes of each op type the graph has (subgraphs included: a batch-tiled model's loop body),
+    """How many nodes of each op type the graph has (subgraphs included: a batch-tiled model's scan body),
     sorted by name."""
     import onnx
 

@@ -2,14 +2,14 @@
 
 The rewrites of the network itself (BN folding, the pool/conv swap, BN and pooling as depthwise convs for int8
 and fp16) are passes over the graph's op lists, in :mod:`densegraph.passes`, applied before the ONNX model is
-emitted. What remains here changes where the work happens, not what is computed:
+emitted. What remains here changes where the work happens, not what is computed; it is opt-in (``--batch-tile``):
 
 ====================================  =========================================================================
 pass                                  rewrite
 ====================================  =========================================================================
-:func:`tile_batch`                    the whole graph -> a ``Loop`` over tiles of ``tile`` samples (the
-                                      batch stays dynamic; the last tile may be smaller): a tile's feature
-                                      maps stay in the CPU's cache from one layer to the next instead of
+:func:`tile_batch`                    the whole graph -> a ``Scan`` over tiles of ``tile`` samples, the
+                                      batch padded to whole tiles (it stays dynamic): a tile's feature maps
+                                      stay in the CPU's cache from one layer to the next instead of
                                       streaming through DRAM (:func:`untile_batch` undoes it, for TensorRT)
 ====================================  =========================================================================
 """
@@ -17,6 +17,7 @@ pass                                  rewrite
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -51,14 +52,16 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
-    """Run the whole graph in a ``Loop`` over slices of ``tile`` samples along the batch axis.
+    """Run the whole graph in a ``Scan`` over tiles of ``tile`` samples along the batch axis.
 
-    Every output is the concatenation of the tiles' outputs along axis 0 (collected in a sequence: linear in
-    the batch), so the model computes exactly what it did, for any batch size, whenever no op mixes samples
-    (true of an inference network). The weights move into the loop body: onnxruntime rewrites a subgraph's
-    own initializers (NCHWc layouts, prepacked GEMM panels) but not the ones it reads from the outer scope.
-    ``tile < 1`` or a model already tiled is returned unchanged; a model whose one input is not batch-leading
-    and dynamic raises ``ValueError``.
+    The batch is padded with zero samples to whole tiles, reshaped to ``[tiles, tile, ...]`` and scanned;
+    every output is the scan's stacked ``[tiles, tile, ...]`` reshaped back and cut to the batch. So the model
+    computes exactly what it did, for any batch size, whenever no op mixes samples (true of an inference
+    network); a short last tile costs the padded samples' compute. A ``Scan`` with fixed-size slices (not a
+    ``Loop`` growing a sequence) is a form onnxruntime, OpenVINO and ``onnx.reference`` all run. The weights
+    move into the scan body: onnxruntime rewrites a subgraph's own initializers (NCHWc layouts, prepacked GEMM
+    panels) but not the ones it reads from the outer scope. ``tile < 1`` or a model already tiled is returned
+    unchanged; a model whose one input is not batch-leading and dynamic raises ``ValueError``.
     """
     if tile < 1 or batch_tile_of(model) is not None:
         return PassResult(model, 0)
@@ -75,17 +78,15 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
     outputs = list(graph.output)
     local = {name: _TILE + name for name in (images, *(o.name for o in outputs))}
 
-    body_nodes = [
-        helper.make_node("Reshape", [_TILE + "iter", _TILE + "one"], [_TILE + "i"], name=_TILE + "i"),
-        helper.make_node("Mul", [_TILE + "i", _TILE + "tile"], [_TILE + "start"], name=_TILE + "start"),
-        helper.make_node("Add", [_TILE + "start", _TILE + "tile"], [_TILE + "stop"], name=_TILE + "stop"),
-        helper.make_node(
-            "Slice",
-            [images, _TILE + "start", _TILE + "stop", _TILE + "zero"],
-            [local[images]],
-            name=_TILE + "x",
-        ),
-    ]
+    def tile_type(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
+        """``value``'s type with a batch of exactly ``tile``."""
+        tensor = value.type.tensor_type
+        dims: list[int | str | None] = [tile]
+        for d in tensor.shape.dim[1:]:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        return helper.make_tensor_value_info(name, tensor.elem_type, dims)
+
+    body_nodes = []
     for node in graph.node:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
@@ -94,78 +95,69 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
         for i, name in enumerate(copy.output):
             copy.output[i] = local.get(name, name)
         body_nodes.append(copy)
-    sequences = []
-    for out in outputs:
-        elem = out.type.tensor_type.elem_type
-        seq = helper.make_sequence_type_proto(helper.make_tensor_type_proto(elem, None))
-        sequences.append((out.name, elem, seq))
-        body_nodes.append(
-            helper.make_node(
-                "SequenceInsert",
-                [_TILE + "in/" + out.name, local[out.name]],
-                [_TILE + "out/" + out.name],
-                name=_TILE + "collect/" + out.name,
-            )
-        )
-    body_nodes.append(
-        helper.make_node("Identity", [_TILE + "cond"], [_TILE + "cond_out"], name=_TILE + "cond")
-    )
     body = helper.make_graph(
         body_nodes,
         _TILE + "body",
-        [
-            helper.make_tensor_value_info(_TILE + "iter", onnx.TensorProto.INT64, []),
-            helper.make_tensor_value_info(_TILE + "cond", onnx.TensorProto.BOOL, []),
-            *(helper.make_value_info(_TILE + "in/" + name, seq) for name, _, seq in sequences),
-        ],
-        [
-            helper.make_tensor_value_info(_TILE + "cond_out", onnx.TensorProto.BOOL, []),
-            *(helper.make_value_info(_TILE + "out/" + name, seq) for name, _, seq in sequences),
-        ],
-        initializer=list(graph.initializer),  # the loop's own integers come from the outer scope
+        [tile_type(inputs[0], local[images])],
+        [tile_type(out, local[out.name]) for out in outputs],
+        initializer=list(graph.initializer),
     )
-    # trips = ceil(batch / tile), as a scalar
+
+    def node(op: str, ins: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
+        return helper.make_node(
+            op, [_TILE + i if i else i for i in ins], [_TILE + out], name=_TILE + out, **attrs
+        )
+
+    # pad = (tile - n % tile) % tile zero samples at the end of the batch, then [tiles, tile, ...]
     outer = [
         helper.make_node("Shape", [images], [_TILE + "shape"], name=_TILE + "shape"),
+        node("Slice", ["shape", "zero", "one", "zero"], "n"),
+        node("Mod", ["n", "tile"], "rest"),
+        node("Sub", ["tile", "rest"], "short"),
+        node("Mod", ["short", "tile"], "pad"),
+        node("Mul", ["pad", "last_axis"], "pad_end"),
+        node("Concat", ["no_pads", "pad_end"], "pads", axis=0),
+        helper.make_node("Pad", [images, _TILE + "pads"], [_TILE + "padded"], name=_TILE + "padded"),
+        node("Slice", ["shape", "one", "end", "zero"], "sample"),
+        node("Concat", ["tiles_by_tile", "sample"], "tiled_shape", axis=0),
+        node("Reshape", ["padded", "tiled_shape"], "tiles"),
         helper.make_node(
-            "Slice",
-            [_TILE + "shape", _TILE + "zero", _TILE + "one", _TILE + "zero"],
-            [_TILE + "n"],
-            name=_TILE + "n",
-        ),
-        helper.make_node("Add", [_TILE + "n", _TILE + "tile_1"], [_TILE + "n_up"], name=_TILE + "n_up"),
-        helper.make_node(
-            "Div", [_TILE + "n_up", _TILE + "tile"], [_TILE + "trips_1"], name=_TILE + "trips_1"
-        ),
-        helper.make_node(
-            "Reshape", [_TILE + "trips_1", _TILE + "scalar"], [_TILE + "trips"], name=_TILE + "trips"
-        ),
-        *(
-            helper.make_node(
-                "SequenceEmpty", [], [_TILE + "empty/" + name], name=_TILE + "empty/" + name, dtype=elem
-            )
-            for name, elem, _ in sequences
-        ),
-        helper.make_node(
-            "Loop",
-            [_TILE + "trips", "", *(_TILE + "empty/" + name for name, _, _ in sequences)],
-            [_TILE + "tiles/" + name for name, _, _ in sequences],
-            name=_TILE + "loop",
+            "Scan",
+            [_TILE + "tiles"],
+            [_TILE + "stacked/" + out.name for out in outputs],
+            name=_TILE + "scan",
+            num_scan_inputs=1,
             body=body,
         ),
-        *(
-            helper.make_node(
-                "ConcatFromSequence", [_TILE + "tiles/" + name], [name], name=_TILE + "concat/" + name, axis=0
-            )
-            for name, _, _ in sequences
-        ),
     ]
+    for out in outputs:
+        stacked = "stacked/" + out.name
+        outer += [
+            node("Shape", [stacked], "shape/" + out.name),
+            node("Slice", ["shape/" + out.name, "two", "end", "zero"], "sample/" + out.name),
+            node("Concat", ["minus_one", "sample/" + out.name], "flat_shape/" + out.name, axis=0),
+            node("Reshape", [stacked, "flat_shape/" + out.name], "flat/" + out.name),
+            helper.make_node(
+                "Slice",
+                [_TILE + "flat/" + out.name, _TILE + "zero", _TILE + "n", _TILE + "zero"],
+                [out.name],
+                name=_TILE + "cut/" + out.name,
+            ),
+        ]
+    rank = len(inputs[0].type.tensor_type.shape.dim)
     outer_constants = [
-        numpy_helper.from_array(np.array([1], np.int64), _TILE + "one"),
-        numpy_helper.from_array(np.array([0], np.int64), _TILE + "zero"),
-        numpy_helper.from_array(np.array([tile], np.int64), _TILE + "tile"),
-        numpy_helper.from_array(np.array([tile - 1], np.int64), _TILE + "tile_1"),
-        numpy_helper.from_array(np.array([], np.int64), _TILE + "scalar"),
+        numpy_helper.from_array(np.array(value, np.int64), _TILE + name)
+        for name, value in (
+            ("zero", [0]),
+            ("one", [1]),
+            ("two", [2]),
+            ("minus_one", [-1]),
+            ("end", [np.iinfo(np.int64).max]),
+            ("tile", [tile]),
+            ("tiles_by_tile", [-1, tile]),
+            ("no_pads", [0] * rank),
+            ("last_axis", [1] + [0] * (rank - 1)),
+        )
     ]
     del graph.node[:]
     graph.node.extend(outer)
@@ -177,16 +169,16 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
 
 
 def untile_batch(model: onnx.ModelProto) -> PassResult:
-    """Undo :func:`tile_batch`: the loop body's graph back as the model's graph (for consumers that want the
-    whole batch at once, like TensorRT)."""
+    """Undo :func:`tile_batch`: the scan body's graph back as the model's graph (for consumers that want the
+    whole batch at once, like TensorRT). The ``Loop`` form of earlier densegraph versions is undone too."""
     if batch_tile_of(model) is None:
         return PassResult(model, 0)
     model = _copy(model)
     graph = model.graph
-    loop = next((n for n in graph.node if n.op_type == "Loop" and n.name == _TILE + "loop"), None)
-    if loop is None:
-        raise ValueError(f"metadata says {TILE_KEY} but the graph has no {_TILE}loop")
-    body = helper.get_attribute_value(next(a for a in loop.attribute if a.name == "body"))
+    wrapper = next((n for n in graph.node if n.name in (_TILE + "scan", _TILE + "loop")), None)
+    if wrapper is None:
+        raise ValueError(f"metadata says {TILE_KEY} but the graph has no {_TILE}scan")
+    body = helper.get_attribute_value(next(a for a in wrapper.attribute if a.name == "body"))
     inputs = [v.name for v in graph.input]
     outputs = [v.name for v in graph.output]
     rename = {_TILE + name: name for name in (*inputs, *outputs)}

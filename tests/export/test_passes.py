@@ -105,16 +105,20 @@ def test_tile_batch_computes_the_same_for_every_batch_size(tmp_path: Path, tile:
     result = tile_batch(untiled, tile)
     assert result.rewrites == 1 and batch_tile_of(result.model) == tile
     onnx.checker.check_model(result.model, full_check=True)
-    loops = [n for n in result.model.graph.node if n.op_type == "Loop"]
-    assert len(loops) == 1 and not result.model.graph.initializer[5:], "the weights belong to the loop body"
-    body = helper.get_attribute_value(loops[0].attribute[0])
+    assert not any(n.op_type == "Loop" for n in result.model.graph.node)
+    (scan,) = [n for n in result.model.graph.node if n.op_type == "Scan"]
+    assert all(t.name.startswith("densegraph_tile/") for t in result.model.graph.initializer), (
+        "the weights belong to the scan body"
+    )
+    body = helper.get_attribute_value(next(a for a in scan.attribute if a.name == "body"))
+    assert [d.dim_value for d in body.input[0].type.tensor_type.shape.dim] == [tile, 3, 64, 64]
     outer = {t.name for t in result.model.graph.initializer} | {
         o for n in result.model.graph.node for o in n.output
     }
     inner = {t.name for t in body.initializer} | {o for n in body.node for o in n.output}
-    assert not outer & inner, "a name of the loop body shadows one of the outer graph"
+    assert not outer & inner, "a name of the scan body shadows one of the outer graph"
     plain, tiled = _session(untiled), _session(result.model)
-    for batch in (1, 2, 3, 5, 7):  # whole tiles, a short last tile, a batch smaller than a tile
+    for batch in (1, 2, 3, 5, 7):  # whole tiles, a padded last tile, a batch smaller than a tile
         x = RNG.standard_normal((batch, 3, 64, 64), dtype=np.float32)
         want = plain.run(None, {"images": x})[0]
         got = tiled.run(None, {"images": x})[0]
@@ -147,7 +151,7 @@ def test_tile_batch_refuses_a_fixed_batch() -> None:
         tile_batch(m, 2)
 
 
-def test_onnxruntime_optimizes_inside_the_loop(tmp_path: Path) -> None:
+def test_onnxruntime_optimizes_inside_the_scan(tmp_path: Path) -> None:
     """The point of moving the weights into the body: onnxruntime's layout optimizer (NCHWc, with its
     reordered weights) applies to the tiled graph as it does to the untiled one."""
     tiled = tile_batch(_exported_tiny(tmp_path), 2).model
@@ -157,8 +161,8 @@ def test_onnxruntime_optimizes_inside_the_loop(tmp_path: Path) -> None:
     options.log_severity_level = 3
     ort.InferenceSession(str(tmp_path / "tiled.onnx"), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(tmp_path / "optimized.onnx")
-    (loop,) = [n for n in optimized.graph.node if n.op_type == "Loop"]
-    body = helper.get_attribute_value(loop.attribute[0])
+    (scan,) = [n for n in optimized.graph.node if n.op_type == "Scan"]
+    body = helper.get_attribute_value(next(a for a in scan.attribute if a.name == "body"))
     domains = {n.domain for n in body.node}
     if "com.microsoft.nchwc" not in domains:  # the NCHWc layout needs AVX2 or AVX-512
         pytest.skip("onnxruntime uses no NCHWc layout on this CPU")

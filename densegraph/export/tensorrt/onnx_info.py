@@ -26,7 +26,7 @@ class OnnxInfo:
     has_fp16: bool
     has_qdq: bool
     asymmetric_qdq: tuple[str, ...] = ()  # Q/DQ nodes with a uint8 or non-zero zero point
-    batch_tile: int | None = None  # a CPU build's loop over batch tiles (passes.tile_batch), TensorRT-less
+    batch_tile: int | None = None  # a CPU build's scan over batch tiles (passes.tile_batch), TensorRT-less
     opset: int | None = None  # of the default ("" / ai.onnx) domain
 
     @property
