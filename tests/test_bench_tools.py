@@ -106,4 +106,6 @@ def test_bench_emit_times_emission_against_the_exporter_and_checks_both() -> Non
     assert len(emission["all_s"]["emit"]) == len(emission["all_s"]["trace"]) == 2
     assert emission["speedup"] > 0 and emission["target"] == 5.0 and emission["nodes"] > 0
     assert max(emission["max_abs_error"].values()) < 1e-4
+    ops = emission["ops"]
+    assert ops["emit"] == {k: v for k, v in ops["trace"].items() if k != "Identity"}
     assert "torch.onnx.export" in result.stdout

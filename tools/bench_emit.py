@@ -8,7 +8,7 @@ seeded init with non-trivial BatchNorm statistics) turned into serialized ONNX b
 rounds: ``emit`` is :func:`densegraph.export.onnx.onnx_from_module` (the op lists to ``onnx.helper`` nodes,
 unchecked) then ``SerializeToString``; ``trace`` is ``torch.onnx.export(dynamo=False, opset 19)`` of the same
 module into memory (the TorchScript exporter densegraph used before, constant folding on). Both models are run
-by onnxruntime on one batch and compared with the module. The checker pass both need afterwards
+by onnxruntime on one batch and compared with the module, and their operator counts are reported. The checker pass both need afterwards
 (:func:`check_onnx`) is timed apart.
 
 Part 2 (``--build-against REF``; target: <= 0.5x): ``densegraph build SPEC`` end to end, as a user runs it (a
@@ -73,7 +73,7 @@ def emission(spec: str, rounds: int, threads: int) -> dict[str, Any]:
     import onnx
     import torch
 
-    from densegraph.export.onnx import check_onnx, ort_session, run_onnx
+    from densegraph.export.onnx import check_onnx, op_counts, ort_session, run_onnx
     from densegraph.lower.torch import freeze, to_torch
     from densegraph.testing import randomize_batchnorm
 
@@ -110,6 +110,8 @@ def emission(spec: str, rounds: int, threads: int) -> dict[str, Any]:
         "check_s": round(check_seconds, 3),
         "nodes": len(checked.graph.node),
         "max_abs_error": errors,
+        # the same operators either way (the tracer adds Identity nodes over weights)
+        "ops": {name: op_counts(onnx.load_from_string(blob)) for name, blob in data.items()},
         "all_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
     }
 
