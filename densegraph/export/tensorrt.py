@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import file_sha256, write_bytes_atomic
+from .._io import check_regular, file_sha256, write_bytes_atomic
 from ..errors import BuildError, DensegraphError
 
 __all__ = [
@@ -993,8 +993,7 @@ class EngineRunner:
         """Load ``path`` on CUDA device ``device`` (made the current device); ``check_compat`` compares the
         sidecar's TensorRT version and compute capability with this machine's first."""
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DensegraphError(f"no engine at {self.path}", path=str(self.path))
+        check_regular(self.path, what="TensorRT engine", missing_hint="check the path to the engine")
         self.sidecar = read_sidecar(self.path)
         data = self.path.read_bytes()
         if self.sidecar is not None and self.sidecar.get("engine_sha256") != hashlib.sha256(data).hexdigest():
