@@ -226,12 +226,13 @@ class _Converter:
         # id(mapping node) -> its pairs with "<<" merged in (merged first, written last); None while in progress
         self.flattened: dict[int, list[tuple[yaml.Node, yaml.Node]] | None] = {}
 
-    def _charge(self, node: yaml.Node, depth: int) -> None:
+    def _charge(self, where: yaml.Node, depth: int) -> None:
+        """Count one value reached at ``depth``; ``where`` is what the error points at when over the limits."""
         self.count += 1
         if self.count > LIMITS["yaml_nodes"] or depth > LIMITS["yaml_depth"]:
             raise SpecError(
                 "the YAML document is too large or too deeply nested",
-                loc=_mark_loc(self.file, node.start_mark),
+                loc=_mark_loc(self.file, where.start_mark),
                 hint="a spec is a short document; check for runaway anchors/aliases",
             )
 
@@ -271,10 +272,10 @@ class _Converter:
                         raise self._merge_error(node, source, "a mapping")
             else:
                 raise self._merge_error(node, value_node, "a mapping or list of mappings")
-            for source in sources:
-                self._charge(source, depth + 1)
+            for source in sources:  # charged at the merge key: an alias carries no mark of where it is used
+                self._charge(key_node, depth + 1)
                 for pair in self._pairs(source, depth + 1):
-                    self._charge(pair[0], depth + 1)
+                    self._charge(key_node, depth + 1)
                     name = pair[0].value if isinstance(pair[0], yaml.ScalarNode) else id(pair[0])
                     merged.setdefault((pair[0].tag, name), pair)
         names = {(k.tag, k.value) for k, _ in written if isinstance(k, yaml.ScalarNode)}
@@ -470,7 +471,8 @@ def _read_file(path: Path, display: str, extends: _Val | None = None) -> str:
     except SpecError as exc:
         if extends is None:
             raise
-        raise SpecError(f"'extends' {extends.value!r}: {exc.message}", loc=exc.loc, hint=exc.hint) from None
+        named = extends.value if len(extends.value) <= 60 else extends.value[:57] + "..."
+        raise SpecError(f"'extends' {named!r}: {exc.message}", loc=exc.loc, hint=exc.hint) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
