@@ -12,8 +12,13 @@ A spec describes a densely connected network by its hyper-parameters (see README
     head: {classes: 1000}
     preprocess: {resize: 256, crop: 224}   # optional; see :class:`Preprocess` for the defaults
 
-Only safe YAML is read (``yaml.compose`` with ``SafeLoader``), duplicate keys are rejected, and ``extends:``
-merges a base spec (relative path, cycles rejected) under the overrides.
+Only safe YAML is read, duplicate keys are rejected, and ``extends:`` merges a base spec (relative path, cycles
+rejected) under the overrides. What the safety rests on: the file is a regular file read up to
+``LIMITS["file_bytes"]`` + 1 bytes (:func:`densegraph._io.read_regular`); PyYAML (``SafeLoader``) only scans,
+parses and composes the text into nodes, its composer stopped at ``LIMITS["yaml_depth"]`` levels, and constructs
+scalars with its safe constructors; aliases and ``<<`` merge keys are expanded by :class:`_Converter` against
+``LIMITS["yaml_nodes"]``, not by PyYAML's ``flatten_mapping`` (which, before the 2026 fix of PyYAML issue #897,
+expanded repeated merges exponentially), so no PyYAML version's merge handling is relied on.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ LIMITS = {
     "size": 16384,
     "classes": 1_000_000,
     "window": 4096,
-    "yaml_nodes": 10_000,
+    "yaml_nodes": 10_000,  # values reached with aliases and merge keys expanded: bounds "billion laughs"
     "extends_depth": 32,
     "yaml_depth": 64,  # nesting of collections (and of merge keys) in one document
     "file_bytes": 1_000_000,  # a spec file, read with at most this many bytes + 1 (never to its end)
