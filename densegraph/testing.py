@@ -97,6 +97,40 @@ _TOKENS = (
     b"\x85",
     b"\r",
 )
+# what a "value" mutation puts where a YAML value starts (after ": ", "[", ", " or "- "): an explicit tag (with
+# or without a value of its own), an anchor or alias, a merge, a huge number, a deep run of brackets
+_TAGS = tuple(
+    f"!!{tag} ".encode()
+    for tag in (
+        "int",
+        "float",
+        "bool",
+        "str",
+        "null",
+        "timestamp",
+        "binary",
+        "set",
+        "omap",
+        "pairs",
+        "map",
+        "seq",
+    )
+)
+_VALUE_PREFIXES = (
+    *_TAGS,
+    b"&a ",
+    b"*a ",
+    b"[",
+    b"{",
+    b"{<<: *a, ",
+    b"-",
+    b"'",
+    b"9" * 400,
+    b"0." + b"0" * 400,
+    b"1e400",
+)
+_VALUES = (b"", b"''", b"-", b"+", b"0x", b"0b", b"0o", b":", b"1:2:3", b"x", b"2024-13-45", b"YWJ", b".")
+
 _KEYS = tuple(
     k.encode()
     for k in (
@@ -131,8 +165,9 @@ def spec_mutations(seeds: Sequence[bytes]) -> SearchStrategy[bytes]:
     """A hypothesis strategy: the bytes of one of ``seeds`` after 1 to 6 mutations.
 
     A mutation is a bit flip, an insertion (random bytes, a YAML token or spec key, or one repeated up to
-    3000 times), a deletion of up to 64 bytes, a splice (a run of bytes from a seed, inserted or written over
-    the text) or a truncation.
+    3000 times), a value mutation (an explicit tag, anchor, alias, merge, huge number or deep nesting put
+    where a value starts), a deletion of up to 64 bytes, a splice (a run of bytes from a seed, inserted or
+    written over the text) or a truncation.
     """
     from hypothesis import strategies as st
 
@@ -145,13 +180,26 @@ def spec_mutations(seeds: Sequence[bytes]) -> SearchStrategy[bytes]:
         st.tuples(tokens, st.integers(2, 3000)).map(lambda t: t[0] * t[1]),
     )
 
+    values = st.one_of(
+        st.sampled_from(_VALUE_PREFIXES),
+        st.tuples(st.sampled_from(_TAGS), st.sampled_from(_VALUES)).map(b"".join),
+        st.tuples(st.sampled_from((b"[", b"{a: ", b"- ", b"&a [")), st.integers(2, 3000)).map(
+            lambda t: t[0] * t[1]
+        ),
+    )
+    ops = ("flip", "insert", "value", "value", "delete", "splice", "overwrite", "truncate")
+
     @st.composite
     def mutated(draw: st.DrawFn) -> bytes:
         data = bytearray(draw(st.sampled_from(seeds)))
         for _ in range(draw(st.integers(1, 6))):
-            op = draw(st.sampled_from(("flip", "insert", "delete", "splice", "overwrite", "truncate")))
+            op = draw(st.sampled_from(ops))
             at = draw(st.integers(0, len(data)))
-            if op == "flip" and data:
+            starts = [i + len(m) for m in (b": ", b"[", b", ", b"- ") for i in _find_all(data, m)]
+            if op == "value" and starts:
+                at = draw(st.sampled_from(sorted(starts)))
+                data[at:at] = draw(values)
+            elif op == "flip" and data:
                 at = min(at, len(data) - 1)
                 data[at] ^= 1 << draw(st.integers(0, 7))
             elif op == "insert":
@@ -169,6 +217,14 @@ def spec_mutations(seeds: Sequence[bytes]) -> SearchStrategy[bytes]:
         return bytes(data)
 
     return mutated()
+
+
+def _find_all(data: bytearray, pattern: bytes) -> list[int]:
+    found, at = [], data.find(pattern)
+    while at >= 0:
+        found.append(at)
+        at = data.find(pattern, at + 1)
+    return found
 
 
 def check_spec_bytes(
