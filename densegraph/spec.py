@@ -241,7 +241,7 @@ class _Converter:
                 hint="a spec is a short document; check for runaway anchors/aliases",
             )
 
-    def _merge_error(self, mapping: yaml.Node, found: yaml.Node, expected: str) -> SpecError:
+    def _merge_error(self, found: yaml.Node, expected: str) -> SpecError:
         return SpecError(
             f"invalid YAML: expected {expected} for merging, but found {found.id}",
             loc=_mark_loc(self.file, found.start_mark),
@@ -274,11 +274,12 @@ class _Converter:
                 sources = value_node.value
                 for source in sources:
                     if not isinstance(source, yaml.MappingNode):
-                        raise self._merge_error(node, source, "a mapping")
+                        raise self._merge_error(source, "a mapping")
             else:
-                raise self._merge_error(node, value_node, "a mapping or list of mappings")
+                raise self._merge_error(value_node, "a mapping or list of mappings")
             for source in sources:  # charged at the merge key: an alias carries no mark of where it is used
                 self._charge(key_node, depth + 1)
+                _check_tag(self.file, source)  # a merged mapping is read through here only
                 for pair in self._pairs(source, depth + 1):
                     self._charge(key_node, depth + 1)
                     name = pair[0].value if isinstance(pair[0], yaml.ScalarNode) else id(pair[0])
