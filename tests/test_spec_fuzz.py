@@ -2,7 +2,7 @@
 
 The mutations (bit flips, insertions, deletions, splices, truncations) are :func:`densegraph.testing
 .spec_mutations`, the property :func:`densegraph.testing.check_spec_bytes`; ``tools/fuzz_spec.py`` runs the
-same pair for a wall-clock budget (a 5-minute run is recorded in docs/hostile-inputs.md).
+same pair for a wall-clock budget (docs/spec-fuzzing.md records a 5-minute run).
 """
 
 from __future__ import annotations
