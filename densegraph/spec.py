@@ -867,6 +867,12 @@ def _number_list(val: _Val, what: str, channels: int, *, positive: bool) -> tupl
     out = []
     for item in items:
         value = item.value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**64:
+            # math.isfinite and float() of a 400-digit integer raise OverflowError
+            raise SpecError(
+                f"{what} must hold finite numbers, got an integer of {len(str(abs(value)))} digits",
+                loc=item.loc,
+            )
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise SpecError(f"{what} must hold finite numbers, got {value!r}", loc=item.loc)
         if positive and value <= 0:
