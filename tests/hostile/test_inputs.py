@@ -70,7 +70,7 @@ def test_a_spec_over_one_megabyte(tmp_path: Path) -> None:
 
 def test_a_directory_as_spec(tmp_path: Path) -> None:
     (tmp_path / "specs.yaml").mkdir()
-    _refused_quickly(tmp_path, "validate", "specs.yaml", names="specs.yaml", says="is a directory")
+    _refused_quickly(tmp_path, "validate", "specs.yaml", names="specs.yaml", says="is a folder")
 
 
 def test_a_symlink_loop_as_spec(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_a_symlink_loop_as_weights(tmp_path: Path) -> None:
 def test_a_directory_as_weights(tmp_path: Path) -> None:
     (tmp_path / "w.pt").mkdir()
     _refused_quickly(
-        tmp_path, *WEIGHTS_COMMANDS["import-weights"]("w.pt"), names="w.pt", says="is a directory"
+        tmp_path, *WEIGHTS_COMMANDS["import-weights"]("w.pt"), names="w.pt", says="is a folder"
     )
 
 
