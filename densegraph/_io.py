@@ -1,5 +1,9 @@
-"""Files the way every densegraph command writes them: whole or not at all, with the usual permissions, and
-never over anything but a regular file."""
+"""Files the way every densegraph command reads and writes them.
+
+Reading: only regular files, checked before and after opening, so a named pipe, a device or a socket given as an
+input is refused instead of hanging (a FIFO without a writer) or filling memory (``/dev/zero``). Writing: whole or
+not at all, with the usual permissions, and never over anything but a regular file.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import Loc, OutputError
+from .errors import DensegraphError, Loc, OutputError
 
 __all__ = [
+    "check_regular",
     "file_sha256",
     "file_kind",
+    "open_regular",
     "output_file",
+    "read_regular",
     "umask",
     "write_atomic",
     "write_bytes_atomic",
@@ -53,6 +60,123 @@ _KINDS = (
 def file_kind(mode: int) -> str:
     """``a folder``, ``a character device``, ... for an ``st_mode``; ``a regular file`` for one."""
     return next((name for test, name in _KINDS if test(mode)), "a regular file")
+
+
+_REASONS = {
+    errno.ENOENT: "no such file",
+    errno.ENOTDIR: "no such file (a part of the path is not a folder)",
+    errno.ELOOP: "the path runs into a symbolic link loop",
+    errno.ENAMETOOLONG: "the path or one of its names is longer than the system allows",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def _refusal(
+    exc: OSError | ValueError,
+    *,
+    what: str,
+    error: type[DensegraphError],
+    where: Loc,
+    missing_hint: str | None,
+) -> DensegraphError:
+    if isinstance(exc, ValueError):  # os.stat/os.open: "embedded null byte"
+        return error("the path contains a NUL byte", loc=where, hint=f"check the path to the {what}")
+    reason = _REASONS.get(exc.errno or 0) or f"cannot read the {what}: {exc.strerror or exc}"
+    hint = missing_hint if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
+    return error(reason, loc=where, hint=hint)
+
+
+def _require_regular(mode: int, *, what: str, error: type[DensegraphError], where: Loc) -> None:
+    if stat.S_ISREG(mode):
+        return
+    raise error(f"is {file_kind(mode)}, not a {what}", loc=where, hint=f"give the path of a regular {what}")
+
+
+def check_regular(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    error: type[DensegraphError] = DensegraphError,
+    loc: Loc | None = None,
+    missing_hint: str | None = None,
+) -> os.stat_result:
+    """``os.stat`` of ``path``, refusing with one located ``error`` unless it is a regular file.
+
+    ``what`` names the file in messages ("spec file", "weights file"); ``loc`` is where the error points
+    (default: the path itself). A missing file, a symlink loop, an over-long name or a NUL byte are refused
+    the same way.
+    """
+    where = loc if loc is not None else Loc(os.fspath(path))
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:
+        raise _refusal(exc, what=what, error=error, where=where, missing_hint=missing_hint) from None
+    _require_regular(info.st_mode, what=what, error=error, where=where)
+    return info
+
+
+def open_regular(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    error: type[DensegraphError] = DensegraphError,
+    loc: Loc | None = None,
+    missing_hint: str | None = None,
+) -> BinaryIO:
+    """Open a regular file for reading in binary mode, refusing anything else with one located ``error``.
+
+    The file is checked before opening and again on the open descriptor, and opened non-blocking, so a FIFO
+    put in its place in between cannot make the open or a read wait forever.
+    """
+    where = loc if loc is not None else Loc(os.fspath(path))
+    check_regular(path, what=what, error=error, loc=loc, missing_hint=missing_hint)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError) as exc:
+        raise _refusal(exc, what=what, error=error, where=where, missing_hint=missing_hint) from None
+    try:
+        _require_regular(os.fstat(fd).st_mode, what=what, error=error, where=where)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(
+    path: str | os.PathLike[str],
+    *,
+    limit: int,
+    what: str,
+    error: type[DensegraphError] = DensegraphError,
+    loc: Loc | None = None,
+    missing_hint: str | None = None,
+    too_large_hint: str | None = None,
+) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (:func:`open_regular`'s checks).
+
+    At most ``limit + 1`` bytes are read, whatever the file claims its size is, so a file that grows while it
+    is read cannot fill memory either.
+    """
+    where = loc if loc is not None else Loc(os.fspath(path))
+    with open_regular(path, what=what, error=error, loc=loc, missing_hint=missing_hint) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise _refusal(exc, what=what, error=error, where=where, missing_hint=None) from None
+    if len(data) > limit:
+        raise error(f"the {what} is larger than {_size(limit)}", loc=where, hint=too_large_hint)
+    return data
+
+
+def _size(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000} MB"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000} kB"
+    return f"{n} bytes"
 
 
 def output_file(path: str | os.PathLike[str]) -> Path:

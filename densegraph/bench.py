@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import check_regular
 from .errors import DensegraphError, Loc
 from .timing import time_batches
 
@@ -48,8 +49,8 @@ def model_kind(path: str) -> str:
 def run_bench(args: argparse.Namespace) -> int:
     """``densegraph bench MODEL [--batch 1,8] [--iters N] [--warmup N] [--frozen] [--device D] [--json]``."""
     kind = model_kind(args.model)
-    if not Path(args.model).is_file():
-        raise DensegraphError("no such file", loc=Loc(args.model))
+    what = {"spec": "spec file", "onnx": "ONNX model", "engine": "TensorRT engine"}[kind]
+    check_regular(args.model, what=what, missing_hint=f"check the path to the {what}")
     if args.iters < 1 or args.warmup < 0:
         raise DensegraphError(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
     if kind != "spec" and (args.weights or args.frozen):

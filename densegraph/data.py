@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import open_regular
 from ._memory import check_fits, human_bytes
 from .errors import DataError, Loc
 
@@ -133,15 +134,16 @@ def _resize_plane(plane: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _npy(path: Path, shape: tuple[int, int, int]) -> Dataset:
     where = Loc(str(path))
-    if not path.is_file():
-        raise DataError("no such file" if not path.exists() else "not a file", loc=where)
-    _check_npy_header(path, shape)
+    handle = open_regular(path, what=".npy file", error=DataError, missing_hint="check the path to the data")
     try:
-        x = np.load(path, allow_pickle=False)
+        _check_npy_header(path, shape)  # the regular file just opened: only its header is read
+        x = np.load(handle, allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"not a plain .npy array ({exc})", loc=where) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read the .npy file: {exc}", loc=where) from None
+    finally:
+        handle.close()
     if not isinstance(x, np.ndarray) or x.ndim != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
         got = "x".join(str(v) for v in getattr(x, "shape", ()))
         want = "x".join(str(v) for v in shape)

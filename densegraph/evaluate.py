@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import check_regular
 from .data import Dataset, load_data
 from .errors import DataError, DensegraphError, Loc
 
@@ -139,8 +140,7 @@ def onnx_image_model(path: str, providers: list[str]) -> OnnxImageModel:
     except ImportError:
         raise DensegraphError("onnxruntime is not installed", hint="pip install onnxruntime") from None
     where = Loc(path)
-    if not Path(path).is_file():
-        raise DensegraphError("no such file", loc=where, hint="check the path to the ONNX model")
+    check_regular(path, what="ONNX model", missing_hint="check the path to the ONNX model")
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: a failure is reported once, as one line, by the caller
     try:

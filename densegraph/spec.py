@@ -12,8 +12,13 @@ A spec describes a densely connected network by its hyper-parameters (see README
     head: {classes: 1000}
     preprocess: {resize: 256, crop: 224}   # optional; see :class:`Preprocess` for the defaults
 
-Only safe YAML is read (``yaml.compose`` with ``SafeLoader``), duplicate keys are rejected, and ``extends:``
-merges a base spec (relative path, cycles rejected) under the overrides.
+Only safe YAML is read, duplicate keys are rejected, and ``extends:`` merges a base spec (relative path, cycles
+rejected) under the overrides. What the safety rests on: the file is a regular file read up to
+``LIMITS["file_bytes"]`` + 1 bytes (:func:`densegraph._io.read_regular`); PyYAML (``SafeLoader``) only scans,
+parses and composes the text into nodes, its composer stopped at ``LIMITS["yaml_depth"]`` levels, and constructs
+scalars with its safe constructors; aliases and ``<<`` merge keys are expanded by :class:`_Converter` against
+``LIMITS["yaml_nodes"]``, not by PyYAML's ``flatten_mapping`` (which, before the 2026 fix of PyYAML issue #897,
+expanded repeated merges exponentially), so no PyYAML version's merge handling is relied on.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from ._io import read_regular
 from .errors import Loc, SpecError
 
 __all__ = [
@@ -65,8 +71,10 @@ LIMITS = {
     "size": 16384,
     "classes": 1_000_000,
     "window": 4096,
-    "yaml_nodes": 10_000,
+    "yaml_nodes": 10_000,  # values reached with aliases and merge keys expanded: bounds "billion laughs"
     "extends_depth": 32,
+    "yaml_depth": 64,  # nesting of collections (and of merge keys) in one document
+    "file_bytes": 1_000_000,  # a spec file, read with at most this many bytes + 1 (never to its end)
 }
 
 
@@ -205,36 +213,89 @@ def _mark_loc(file: str, mark: Any) -> Loc:
     return Loc(file, mark.line + 1, mark.column + 1)
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _Converter:
+    """Located values from a composed YAML node graph, with PyYAML's constructors only for scalars.
+
+    Aliases are expanded here, not by PyYAML, and every value reached (an aliased subtree once per use, every
+    pair a merge key brings in) counts against ``LIMITS["yaml_nodes"]``: that count is what bounds the
+    "billion laughs" and merge-key expansions, whatever the PyYAML version does about them.
+    """
+
     def __init__(self, file: str) -> None:
         self.file = file
         self.count = 0
         self.constructor = yaml.constructor.SafeConstructor()
-        # id(mapping node) -> ids of the key nodes written in it (not merged in with "<<"), taken before
-        # flatten_mapping rewrites the node in place (an aliased mapping is visited again, already flattened)
-        self.written_keys: dict[int, set[int]] = {}
+        # id(mapping node) -> its pairs with "<<" merged in (merged first, written last); None while in progress
+        self.flattened: dict[int, list[tuple[yaml.Node, yaml.Node]] | None] = {}
 
-    def convert(self, node: yaml.Node, depth: int = 0) -> _Val:
+    def _charge(self, where: yaml.Node, depth: int) -> None:
+        """Count one value reached at ``depth``; ``where`` is what the error points at when over the limits."""
         self.count += 1
-        loc = _mark_loc(self.file, node.start_mark)
-        if self.count > LIMITS["yaml_nodes"] or depth > 64:
+        if self.count > LIMITS["yaml_nodes"] or depth > LIMITS["yaml_depth"]:
             raise SpecError(
                 "the YAML document is too large or too deeply nested",
-                loc=loc,
+                loc=_mark_loc(self.file, where.start_mark),
                 hint="a spec is a short document; check for runaway anchors/aliases",
             )
-        _check_tag(self.file, node, self.constructor)
+
+    def _merge_error(self, found: yaml.Node, expected: str) -> SpecError:
+        return SpecError(
+            f"invalid YAML: expected {expected} for merging, but found {found.id}",
+            loc=_mark_loc(self.file, found.start_mark),
+            hint="check the indentation and quoting",
+        )
+
+    def _pairs(self, node: yaml.MappingNode, depth: int) -> list[tuple[yaml.Node, yaml.Node]]:
+        """``node``'s pairs with merge keys (``<<: *base`` or ``<<: [*a, *b]``) resolved as YAML 1.1 says:
+        a key written in the mapping wins over a merged one, an earlier merged mapping over a later one."""
+        key = id(node)
+        if key in self.flattened:
+            done = self.flattened[key]
+            if done is None:
+                raise SpecError(
+                    "a merge key ('<<') includes the mapping it is part of",
+                    loc=_mark_loc(self.file, node.start_mark),
+                    hint="merge a separate anchored mapping",
+                )
+            return done
+        self.flattened[key] = None
+        merged: dict[object, tuple[yaml.Node, yaml.Node]] = {}
+        written: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                written.append((key_node, value_node))
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                sources = [value_node]
+            elif isinstance(value_node, yaml.SequenceNode):
+                sources = value_node.value
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise self._merge_error(source, "a mapping")
+            else:
+                raise self._merge_error(value_node, "a mapping or list of mappings")
+            for source in sources:  # charged at the merge key: an alias carries no mark of where it is used
+                self._charge(key_node, depth + 1)
+                _check_tag(self.file, source)  # a merged mapping is read through here only
+                for pair in self._pairs(source, depth + 1):
+                    self._charge(key_node, depth + 1)
+                    name = pair[0].value if isinstance(pair[0], yaml.ScalarNode) else id(pair[0])
+                    merged.setdefault((pair[0].tag, name), pair)
+        names = {(k.tag, k.value) for k, _ in written if isinstance(k, yaml.ScalarNode)}
+        pairs = [pair for name, pair in merged.items() if name not in names] + written
+        self.flattened[key] = pairs
+        return pairs
+
+    def convert(self, node: yaml.Node, depth: int = 0) -> _Val:
+        self._charge(node, depth)
+        loc = _mark_loc(self.file, node.start_mark)
+        _check_tag(self.file, node)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, _Val] = {}
-            key_nodes: dict[str, yaml.Node] = {}
-            written = self.written_keys.setdefault(
-                id(node), {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
-            )
-            try:
-                self.constructor.flatten_mapping(node)  # resolves "<<" merge keys; merged pairs come first
-            except yaml.MarkedYAMLError as exc:
-                raise _yaml_error(self.file, exc) from None
-            for key_node, value_node in node.value:
+            for key_node, value_node in self._pairs(node, depth):
                 key_loc = _mark_loc(self.file, key_node.start_mark)
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
                     raise SpecError(
@@ -245,7 +306,7 @@ class _Converter:
                         hint="write keys such as growth_rate, blocks, stem",
                     )
                 key = key_node.value
-                if key in out and id(key_node) in written and id(key_nodes[key]) in written:
+                if key in out:  # merged pairs never repeat a name, nor one written here: two written keys
                     first = out[key].key_loc
                     raise SpecError(
                         f"duplicate key '{key}'",
@@ -254,28 +315,49 @@ class _Converter:
                     )
                 val = self.convert(value_node, depth + 1)
                 val.key_loc = key_loc
-                out[key] = val  # a key written here overrides one merged in, as in YAML
-                key_nodes[key] = key_node
+                out[key] = val
             return _Val(out, loc)
         if isinstance(node, yaml.SequenceNode):
             return _Val([self.convert(item, depth + 1) for item in node.value], loc)
+        return _Val(self._scalar(node, loc), loc)
+
+    def _scalar(self, node: yaml.Node, loc: Loc) -> Any:
         try:
-            value = self.constructor.construct_object(node)
+            return self.constructor.construct_object(node)
         except yaml.MarkedYAMLError as exc:
             raise _yaml_error(self.file, exc) from None
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise SpecError(f"cannot read this value: {exc}", loc=loc) from None
-        return _Val(value, loc)
+        # PyYAML's scalar constructors assume a well-formed value once a tag is explicit: "!!bool maybe" is a
+        # KeyError, "!!int ''" an IndexError, "!!timestamp x" an AttributeError
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            text = str(node.value)
+            if tag == "!!int" and sum(ch.isdigit() for ch in text) > 100:
+                raise SpecError(
+                    f"an integer of {sum(ch.isdigit() for ch in text)} digits",
+                    loc=loc,
+                    hint="is this a typo? numbers in a spec are small",
+                ) from None
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            detail = f" ({exc})" if isinstance(exc, ValueError) and len(str(exc)) <= 80 else ""
+            raise SpecError(
+                f"cannot read {shown!r} as {tag}{detail}",
+                loc=loc,
+                hint=f"write a valid {tag} value, or quote it to keep it as text",
+            ) from None
 
 
 _COLLECTION_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+_SCALAR_TAGS = {
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp", "binary")
+}
 
 
-def _check_tag(file: str, node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> None:
+def _check_tag(file: str, node: yaml.Node) -> None:
     # yaml.compose keeps explicit tags on collections (``!!python/object/apply:os.system [...]``) and nothing
-    # constructs them, so they are refused here rather than read as plain lists.
+    # constructs them, so they are refused here rather than read as plain lists; a collection tag on a scalar
+    # (``!!map x``) or a tag that builds something a spec has no use for (``!!set``, ``!!omap``) likewise.
     allowed = _COLLECTION_TAGS.get(type(node))
-    ok = node.tag == allowed if allowed else node.tag in constructor.yaml_constructors
+    ok = node.tag == allowed if allowed else node.tag in _SCALAR_TAGS
     if not ok:
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
         raise SpecError(
@@ -318,9 +400,48 @@ def _reader_error(file: str, text: str, exc: yaml.reader.ReaderError) -> SpecErr
     )
 
 
+class _TooDeep(yaml.MarkedYAMLError):
+    pass
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses deep nesting before Python's recursion limit does.
+
+    PyYAML's scanner and parser keep explicit stacks, but its composer recurses once per nesting level, so 3000
+    ``[`` in a row would end in a RecursionError; here the document is refused at ``LIMITS["yaml_depth"]``.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        self.depth += 1
+        try:
+            if self.depth > LIMITS["yaml_depth"]:
+                raise _TooDeep(problem="too deeply nested", problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self.depth -= 1
+
+
+def _compose(text: str) -> yaml.Node | None:
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_node()  # type: ignore[no-any-return]
+    finally:
+        loader.dispose()
+
+
 def _parse_text(text: str, file: str) -> _Val:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text)
+    except _TooDeep as exc:
+        raise SpecError(
+            "the YAML document is too large or too deeply nested",
+            loc=_mark_loc(file, exc.problem_mark),
+            hint=f"a spec nests at most {LIMITS['yaml_depth']} levels",
+        ) from None
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(file, exc) from None
     except yaml.reader.ReaderError as exc:
@@ -341,19 +462,23 @@ def _parse_text(text: str, file: str) -> _Val:
     return root
 
 
-def _read_file(path: Path) -> str:
+def _read_file(path: Path, display: str, extends: _Val | None = None) -> str:
+    """The text of a spec file; reading errors point at the file, or at the ``extends`` line naming it."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError("no such file", loc=Loc(str(path)), hint="check the path to the spec") from None
-    except IsADirectoryError:
-        raise SpecError("is a directory, not a spec file", loc=Loc(str(path))) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read the file: {exc.strerror}", loc=Loc(str(path))) from None
-    if len(data) > 1_000_000:
-        raise SpecError(
-            "the spec file is larger than 1 MB", loc=Loc(str(path)), hint="a spec is a short document"
+        data = read_regular(
+            path,
+            limit=LIMITS["file_bytes"],
+            what="spec file",
+            error=SpecError,
+            loc=Loc(display) if extends is None else extends.loc,
+            missing_hint="check the path to the spec",
+            too_large_hint="a spec is a short document",
         )
+    except SpecError as exc:
+        if extends is None:
+            raise
+        named = extends.value if len(extends.value) <= 60 else extends.value[:57] + "..."
+        raise SpecError(f"'extends' {named!r}: {exc.message}", loc=exc.loc, hint=exc.hint) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -362,7 +487,7 @@ def _read_file(path: Path) -> str:
         col = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
         raise SpecError(
             f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",
-            loc=Loc(str(path), line, col),
+            loc=Loc(display, line, col),
             hint="save the spec as UTF-8",
         ) from None
 
@@ -380,8 +505,8 @@ def _merge(base: _Val, over: _Val) -> _Val:
     return over
 
 
-def _load_tree(path: Path, display: str, chain: tuple[str, ...]) -> _Val:
-    text = _read_file(path)
+def _load_tree(path: Path, display: str, chain: tuple[str, ...], ref: _Val | None = None) -> _Val:
+    text = _read_file(path, display, ref)
     root = _parse_text(text, display)
     extends = root.value.pop("extends", None)
     if extends is None:
@@ -390,14 +515,16 @@ def _load_tree(path: Path, display: str, chain: tuple[str, ...]) -> _Val:
         raise SpecError(
             "'extends' must be a relative path to another spec", loc=extends.loc, hint="extends: base.yaml"
         )
+    if "\0" in extends.value:
+        raise SpecError("'extends' contains a NUL byte", loc=extends.loc, hint="extends: base.yaml")
     if os.path.isabs(extends.value):
         raise SpecError(
             f"'extends' must be a path relative to this spec, got the absolute path {extends.value!r}",
             loc=extends.loc,
             hint="write it relative to the folder of this file",
         )
-    base_path = (path.parent / extends.value).resolve()
-    key = str(base_path)
+    base_path = path.parent / extends.value
+    key = os.path.realpath(base_path)  # a symlink loop is left unresolved here and refused when read
     if key in chain:
         raise SpecError(
             f"'extends' cycle: {' -> '.join(Path(c).name for c in (*chain, key))}",
@@ -406,14 +533,18 @@ def _load_tree(path: Path, display: str, chain: tuple[str, ...]) -> _Val:
         )
     if len(chain) >= LIMITS["extends_depth"]:
         raise SpecError("'extends' chain is too deep", loc=extends.loc)
-    if not base_path.is_file():
+    try:
+        os.lstat(base_path)
+    except FileNotFoundError:
         raise SpecError(
             f"'extends' names a file that does not exist: {extends.value}",
             loc=extends.loc,
-            hint=f"looked for {base_path}",
-        )
-    base_display = os.path.relpath(base_path) if not os.path.isabs(display) else str(base_path)
-    base = _load_tree(base_path, base_display, (*chain, key))
+            hint=f"looked for {key}",
+        ) from None
+    except OSError:
+        pass  # reading it names the reason (a name too long, a folder that is a file, no permission)
+    base_display = os.path.relpath(key) if not os.path.isabs(display) else key
+    base = _load_tree(Path(key), base_display, (*chain, key), extends)
     merged = _merge(base, root)
     if "name" not in root.value:  # a derived spec is named after its own file unless it says otherwise
         merged.value.pop("name", None)
@@ -468,11 +599,15 @@ def _float(val: _Val, what: str, low: float, high: float, *, low_open: bool, hig
     value = val.value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"{what} must be a number, got {_type_name(value)} {value!r}", loc=val.loc)
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, int) and abs(value) > 2**64:  # float() of a 400-digit integer overflows
+        raise SpecError(
+            f"{what} must be in {interval}, got an integer of {len(str(abs(value)))} digits", loc=val.loc
+        )
     value = float(value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if math.isnan(value) or too_low or too_high:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise SpecError(f"{what} must be in {interval}, got {value:g}", loc=val.loc)
     return value
 
@@ -732,6 +867,12 @@ def _number_list(val: _Val, what: str, channels: int, *, positive: bool) -> tupl
     out = []
     for item in items:
         value = item.value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**64:
+            # math.isfinite and float() of a 400-digit integer raise OverflowError
+            raise SpecError(
+                f"{what} must hold finite numbers, got an integer of {len(str(abs(value)))} digits",
+                loc=item.loc,
+            )
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise SpecError(f"{what} must hold finite numbers, got {value!r}", loc=item.loc)
         if positive and value <= 0:
@@ -805,8 +946,9 @@ def _preprocess(
 def load_spec(path: str | os.PathLike[str]) -> Spec:
     """Read, merge (``extends``) and validate a spec file; raises :class:`SpecError` on any mistake."""
     display = os.fspath(path)
-    real = Path(display).resolve()
-    tree = _load_tree(Path(display), display, (str(real),))
+    if "\0" in display:
+        raise SpecError("the path contains a NUL byte", loc=Loc(display.replace("\0", "\\0")))
+    tree = _load_tree(Path(display), display, (os.path.realpath(display),))
     return _validate(tree, display)
 
 

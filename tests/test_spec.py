@@ -375,7 +375,7 @@ def test_a_zero_byte_file_is_an_empty_spec(tmp_path: Path) -> None:
 
 
 def test_a_folder_and_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="is a directory"):
+    with pytest.raises(SpecError, match="is a folder"):
         load_spec(tmp_path)
     with pytest.raises(SpecError, match="no such file") as info:
         load_spec(tmp_path / "absent.yaml")

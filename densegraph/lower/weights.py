@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import write_atomic
+from .._io import open_regular, write_atomic
 from ..errors import CheckpointError, DensegraphError, Loc
 
 __all__ = [
@@ -66,14 +66,15 @@ def load_file(path: str | os.PathLike[str]) -> Any:
     """``torch.load`` with ``weights_only=True`` on CPU; every failure becomes one :class:`CheckpointError`."""
     where = Loc(os.fspath(path))
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError("no such file", loc=where, hint="check the path to the weights")
-    if p.is_dir():
-        raise CheckpointError("is a directory, not a weights file", loc=where)
+    # a regular file only, opened before torch sees it: a FIFO or a device given as weights would hang or
+    # never end
+    handle = open_regular(
+        path, what="weights file", error=CheckpointError, missing_hint="check the path to the weights"
+    )
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4 …": the outcome is reported below
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = next((m.group(1) for rx in _REFUSED_GLOBAL if (m := rx.search(text))), None)
@@ -102,6 +103,8 @@ def load_file(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(
             f"not a PyTorch weights file (corrupt or another format: {type(exc).__name__})", loc=where
         ) from None
+    finally:
+        handle.close()
 
 
 def _code_global(path: Path) -> str | None:

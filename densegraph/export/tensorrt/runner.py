@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._io import check_regular
 from ...errors import DensegraphError
 from . import cuda, trt_api
 from .sidecar import check_engine_compat, read_sidecar, sidecar_path
@@ -97,8 +98,7 @@ class EngineRunner:
         """Load ``path`` on CUDA device ``device``; ``check_compat`` compares the sidecar's TensorRT version
         and compute capability with this machine's first; ``dla_core`` overrides the sidecar's DLA core."""
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DensegraphError(f"no engine at {self.path}", path=str(self.path))
+        check_regular(self.path, what="TensorRT engine", missing_hint="check the path to the engine")
         self.sidecar = read_sidecar(self.path)
         data = self.path.read_bytes()
         if self.sidecar is not None and self.sidecar.get("engine_sha256") != hashlib.sha256(data).hexdigest():
