@@ -3,7 +3,6 @@ opset range, fp16 and the parity gate."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

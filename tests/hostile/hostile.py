@@ -46,14 +46,18 @@ def run_cli(*args: str, cwd: Path | str = REPO, timeout: float = 300, stdin: str
 
 def assert_refused(result: Refusal, *, names: str | os.PathLike[str] | None = None, says: str = "") -> str:
     """Exit 2, one ``error:`` line (naming ``names`` when given, containing ``says``), no traceback."""
-    assert result.returncode == 2, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert result.returncode == 2, (
+        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    )
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{result.stderr}"
     line = lines[0]
     assert "error: " in line, line
     if names is not None:
-        assert str(names) in line.split("error: ", 1)[0] or str(names) in line, f"{names} not named in {line!r}"
+        assert str(names) in line.split("error: ", 1)[0] or str(names) in line, (
+            f"{names} not named in {line!r}"
+        )
     assert says in line, f"{says!r} not in {line!r}"
     return line
 

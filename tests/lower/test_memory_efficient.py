@@ -5,7 +5,6 @@ against what the plain module keeps."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
