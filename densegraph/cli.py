@@ -40,24 +40,23 @@ def _finite_positive_float(text: str) -> float:
     return value
 
 
-def _seed(text: str) -> int:
+def _int_in(text: str, high: int | None, expected: str) -> int:
+    """An integer in [0, ``high``) (no upper bound when ``high`` is None); ``expected`` words the range."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
+    if value < 0 or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _seed(text: str) -> int:
+    return _int_in(text, 2**32, "an integer in [0, 2**32)")
 
 
 def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _int_in(text, None, "an integer >= 0")
 
 
 def _positive_int_list(text: str) -> list[int]:

@@ -575,6 +575,16 @@ def _unknown_keys(mapping: dict[str, _Val], allowed: tuple[str, ...], where: str
             raise SpecError(f"unknown key '{key}' in {where}", loc=val.key_loc or val.loc, hint=hint)
 
 
+def _height_width(val: _Val, what: str, height: str, width: str) -> tuple[int, int]:
+    """A size given as one integer (square) or ``[height, width]``; ``what`` names it in errors."""
+    if isinstance(val.value, list):
+        if len(val.value) != 2:
+            raise SpecError(f"{what} must be one integer or [height, width]", loc=val.loc)
+        return _int(val.value[0], height, limit="size"), _int(val.value[1], width, limit="size")
+    side = _int(val, what, limit="size")
+    return side, side
+
+
 def _int(val: _Val, what: str, *, minimum: int = 1, limit: str | None = None) -> int:
     value = val.value
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -704,17 +714,7 @@ def _validate(root: _Val, path: str) -> Spec:
         if "channels" in inp:
             channels = _int(inp["channels"], "input.channels", limit="channels")
         if "size" in inp:
-            sv = inp["size"]
-            if isinstance(sv.value, list):
-                if len(sv.value) != 2:
-                    raise SpecError("input.size must be one integer or [height, width]", loc=sv.loc)
-                size = (
-                    _int(sv.value[0], "input height", limit="size"),
-                    _int(sv.value[1], "input width", limit="size"),
-                )
-            else:
-                side = _int(sv, "input.size", limit="size")
-                size = (side, side)
+            size = _height_width(inp["size"], "input.size", "input height", "input width")
 
     if "growth_rate" not in top:
         raise SpecError(
@@ -892,16 +892,7 @@ def _preprocess(
     values: dict[str, Any] = {k: getattr(base, k) for k in _PREPROCESS_KEYS}
     if "crop" in mapping:
         cv = mapping["crop"]
-        if isinstance(cv.value, list):
-            if len(cv.value) != 2:
-                raise SpecError("preprocess.crop must be one integer or [height, width]", loc=cv.loc)
-            crop = (
-                _int(cv.value[0], "preprocess.crop height", limit="size"),
-                _int(cv.value[1], "preprocess.crop width", limit="size"),
-            )
-        else:
-            side = _int(cv, "preprocess.crop", limit="size")
-            crop = (side, side)
+        crop = _height_width(cv, "preprocess.crop", "preprocess.crop height", "preprocess.crop width")
         if crop != size:
             raise SpecError(
                 f"preprocess.crop {list(crop)} differs from the input size {list(size)}",
