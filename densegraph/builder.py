@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,6 +190,12 @@ def build_model(
     spec_path = spec.path if isinstance(spec, Spec) else os.fspath(spec)
     loaded = spec if isinstance(spec, Spec) else load_spec(spec_path)
     _check_options(options)
+    if options.weights:
+        from .hub import fetch_weights, is_weights_name, published_weights
+
+        if is_weights_name(options.weights):  # torchvision / timm[:variant]: the hash-checked published file
+            path = fetch_weights(published_weights(options.weights, loaded.name))
+            options = replace(options, weights=str(path))
     engine_options = _engine_options(options) if options.target == "tensorrt" else None
     out = Path(options.output) if options.output else Path("build") / loaded.name
     stages = _Stages(progress)
@@ -472,7 +478,13 @@ def _calibration_data(options: BuildOptions, graph: nx.DiGraph) -> Any:
     """The int8 calibration set (the train split), loaded before any export so that bad data fails fast."""
     shape = tuple(graph.graph["input_shape"])
     assert options.calib is not None  # checked with the options
-    calib = load_data(options.calib, shape, split="train", max_samples=options.calib_samples)
+    calib = load_data(
+        options.calib,
+        shape,
+        split="train",
+        max_samples=options.calib_samples,
+        preprocess=graph.graph["preprocess"],
+    )
     if not np.any(calib.x):
         raise BuildError(
             f"the calibration data is all zeros ({len(calib)} samples): int8 ranges cannot be measured on it",
@@ -509,7 +521,11 @@ def _int8(
     labelled = calib.y.size > 0
     shape = tuple(calib.x.shape[1:])
     scored = (
-        load_data(options.calib, shape, split="val", max_samples=INT8_EVAL_SAMPLES) if labelled else calib
+        load_data(
+            options.calib, shape, split="val", max_samples=INT8_EVAL_SAMPLES, preprocess=calib.preprocess
+        )
+        if labelled
+        else calib
     )
     fp32_logits = run_onnx(ort_session(fp32_path), scored.x)
     int8_logits = run_onnx(ort_session(path), scored.x)

@@ -222,6 +222,89 @@ def _cmd_locate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# train / eval / predict: the library does the work, this prints
+
+
+def _rich_progress() -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    train(
+        args.spec,
+        args.data,
+        args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        resume=args.resume,
+        device=args.device,
+        seed=args.seed,
+        memory_efficient=args.memory_efficient,
+        augment=not args.no_augment,
+        threads=args.threads,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        workers=args.workers,
+        log=lambda text: print(text, flush=True),
+        progress=_rich_progress(),
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(
+        args.model,
+        data=args.data,
+        weights=args.weights,
+        split=args.split,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        workers=args.workers,
+        device=args.device,
+    )
+    print(
+        f"top-1 {result.top1:.2f}% top-5 {result.top5:.2f}% ({result.correct}/{result.samples}) on the "
+        f"{result.split} split of {result.source}: {result.model}"
+    )
+    if args.json:
+        print(json.dumps(result.summary()))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    results = predict(args.model, args.images, weights=args.weights, top=args.top, device=args.device)
+    for result in results:
+        if args.json:
+            print(json.dumps(result.as_dict()))
+            continue
+        print(result.image)
+        for rank, score in enumerate(result.top, start=1):
+            what = f"{score.name} (class {score.index})" if score.name is not None else f"class {score.index}"
+            print(f"  {rank}. {what}  {100.0 * score.probability:.2f}%")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the stages that need a backend: imported on use
 
 
@@ -308,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build a verified ONNX model (and optionally a TensorRT engine)")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--weights", metavar="W", help="a state_dict or checkpoint (torchvision keys accepted)")
+    p.add_argument(
+        "--weights",
+        metavar="W",
+        help="a state_dict or checkpoint (torchvision keys accepted), or torchvision / timm[:VARIANT]",
+    )
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default build/<name>/)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument(
@@ -391,19 +478,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.pt")
     p.set_defaults(func=_lazy(".lower.weights", "run_import_weights"))
 
+    weights_help = (
+        "a state_dict or checkpoint (torchvision keys accepted), or published weights by name: "
+        "torchvision, timm, timm:VARIANT"
+    )
     p = sub.add_parser("train", help="train a spec on real data (digits or an image folder)")
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--data", required=True, metavar="digits|DIR")
-    p.add_argument("-o", "--output", required=True, metavar="RUN")
+    p.add_argument("spec", metavar="SPEC", help="the model spec (YAML)")
+    p.add_argument("--data", required=True, metavar="digits|DIR", help="digits or an image folder")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="RUN", help="run folder (last.pt, best.pt, metrics)"
+    )
     p.add_argument(
         "--epochs", type=int, default=None, metavar="N", help="default 30; with --resume, as recorded"
     )
-    p.add_argument("--batch-size", type=int, default=64, metavar="B")
-    p.add_argument("--lr", type=_finite_positive_float, default=0.1, metavar="LR")
+    p.add_argument("--batch-size", type=int, default=64, metavar="B", help="global batch size (default 64)")
+    p.add_argument(
+        "--lr", type=_finite_positive_float, default=0.1, metavar="LR", help="initial learning rate (default 0.1)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="initialisation and shuffling seed")
     p.add_argument("--memory-efficient", action="store_true", help="shared block buffers, recomputed BN-ReLU")
+    p.add_argument(
+        "--amp", choices=("bf16", "fp16"), default=None, help="autocast: bf16 (CPU or CUDA), fp16 (CUDA)"
+    )
+    p.add_argument("--channels-last", action="store_true", help="NHWC tensors for the convolutions")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="image-decoding processes (default: cores - 1, max 8)",
+    )
     p.add_argument(
         "--threads",
         type=_nonnegative_int,
@@ -411,17 +517,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="CPU threads per process (default: $OMP_NUM_THREADS if set, else 1, as torchrun does; 0: all cores)",
     )
-    p.add_argument("--no-augment", action="store_true", help="train without the random shifts")
-    p.set_defaults(func=_lazy(".train", "run_train"))
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1 of a spec+weights, a model.onnx or a model.engine on real data")
+    p = sub.add_parser(
+        "eval", help="top-1 and top-5 of a spec+weights, a model.onnx or a model.engine on real data"
+    )
     p.add_argument("model", metavar="SPEC|MODEL.onnx|MODEL.engine")
-    p.add_argument("--weights", metavar="W")
-    p.add_argument("--data", required=True, metavar="digits|DIR")
+    p.add_argument("--weights", metavar="W", help=weights_help)
+    p.add_argument("--data", required=True, metavar="digits|DIR", help="digits or an image folder")
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        default=None,
+        help="default: test where the data has one, else val",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="score a fixed random subset of N images"
+    )
     p.add_argument("--batch-size", type=int, default=64, metavar="B")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="image-decoding processes")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy(".evaluate", "run_eval"))
+    p.add_argument("--json", action="store_true", help='also print {"top1", "top5", "samples", "split"}')
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files with a spec+weights, a model.onnx or an engine")
+    p.add_argument("model", metavar="SPEC|MODEL.onnx|MODEL.engine")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--weights", metavar="W", help=weights_help)
+    p.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("bench", help="latency and throughput of a spec, a model.onnx or a model.engine")
     p.add_argument("model", metavar="SPEC|MODEL.onnx|MODEL.engine")

@@ -1,17 +1,25 @@
 """Real data for training, evaluation and int8 calibration.
 
-:func:`load_data` turns a source name into arrays a model can consume, preprocessed for one input shape:
+Two forms, both preprocessed as the spec's ``preprocess:`` says (:mod:`densegraph.transforms`; the default is
+a plain resize to the input size, ``[0, 1]`` pixels and, with 3 channels, the ImageNet mean/std):
 
-- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes, no download). A fixed
-  stratified 80/20 split (``train_test_split(test_size=0.2, random_state=seed, stratify=y)``; 1,437 train / 360
-  val with the default ``seed=0``). Pixels are divided by 16 into [0, 1]; for another input shape the images are
-  resized bilinearly and the channel repeated. No mean/std normalisation.
-- an image folder (``DIR/<class>/<image>``, as torchvision's ``ImageFolder``): classes are the sorted subfolder
-  names; images are decoded with Pillow, converted to ``L`` (1 channel) or ``RGB`` (3 channels), resized
-  bilinearly to H x W and scaled to [0, 1]; with 3 channels they are then normalised with the ImageNet mean
-  ``(0.485, 0.456, 0.406)`` and std ``(0.229, 0.224, 0.225)``, as torchvision's pretrained models expect. If
-  ``DIR/train`` and ``DIR/val`` exist they are the splits (classes from ``train``); otherwise a deterministic
-  stratified 80/20 split of ``DIR`` is made (``seed`` picks it). The images are loaded into memory.
+- :class:`ImageFiles` (from :func:`image_dataset`): an image folder as a list of files, decoded and transformed
+  one image at a time (by ``torch.utils.data.DataLoader`` workers), so memory is bounded by the batch and the
+  number of workers, not by the folder.
+- :class:`Dataset` (from :func:`load_data`): arrays in memory, for ``digits``, ``.npy`` calibration inputs and
+  small subsets (int8 calibration decodes at most ``--calib-samples`` images).
+
+Sources and splits (``train``, ``val``, ``test``, ``all``):
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes, no download), split
+  stratified with a fixed seed: ``test`` = ``train_test_split(test_size=0.2, random_state=0, stratify=y)`` (360),
+  then ``val`` = 360 of the rest the same way, ``train`` the remaining 1,077. Pixels are divided by 16 into
+  [0, 1], then resized/cropped to the input and normalised with the preprocess's mean and std (the channel is
+  repeated for 3-channel inputs).
+- an image folder: ``DIR/<class>/<image>`` (torchvision's ``ImageFolder``) is split per class with a fixed seed
+  into 60% train, 20% val, 20% test; ``DIR/train/<class>/…`` with ``DIR/val`` and/or ``DIR/test`` beside it
+  gives the splits as written (classes from ``train``). Images are decoded with Pillow as ``L`` (1 channel) or
+  ``RGB`` (3 channels).
 - a ``.npy`` file: already preprocessed inputs ``[N, C, H, W]`` (for calibration); no labels.
 
 This module imports neither torch nor scikit-learn at import time (the ONNX calibration path uses it).
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +42,13 @@ from .errors import DataError, Loc
 
 __all__ = [
     "Dataset",
+    "ImageFiles",
     "load_data",
+    "image_dataset",
+    "available_splits",
+    "default_eval_split",
+    "limit_indices",
+    "default_workers",
     "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -44,8 +59,9 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SPLITS = ("train", "val", "all")
-VAL_FRACTION = 0.2
+SPLITS = ("train", "val", "test", "all")
+HELD_OUT_FRACTION = 0.2  # of each class, for val and again for test
+SPLIT_SEED = 0  # the splits never depend on a training seed: the test set stays the test set
 
 
 @dataclass
@@ -56,14 +72,91 @@ class Dataset:
     y: np.ndarray
     classes: list[str] = field(default_factory=list)
     source: str = ""
+    split: str = ""
+    preprocess: dict[str, Any] | None = None  # how the images became ``x`` (None for .npy inputs)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.x[index], int(self.y[index]) if self.y.size else -1
+
     def subset(self, indices: Any) -> Dataset:
         """The samples at ``indices`` (labels too when there are any)."""
         y = self.y[indices] if self.y.size else self.y
-        return Dataset(self.x[indices], y, list(self.classes), self.source)
+        return Dataset(self.x[indices], y, list(self.classes), self.source, self.split, self.preprocess)
+
+
+@dataclass
+class ImageFiles:
+    """A labelled list of image files, decoded and preprocessed per item (a map-style dataset for DataLoader).
+
+    ``dataset[i]`` is ``(float32 [C, H, W], label)``; with ``train`` the random training transform is applied
+    (Python's ``random``, which DataLoader seeds per worker from torch's generator).
+    """
+
+    files: list[tuple[Path, int]]
+    classes: list[str]
+    preprocess: dict[str, Any]
+    channels: int
+    source: str = ""
+    split: str = ""
+    train: bool = False
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        from .transforms import decode_image, eval_transform, train_transform
+
+        path, label = self.files[index]
+        image = decode_image(path, self.channels)
+        if self.train:
+            return train_transform(image, self.preprocess, random.Random(random.getrandbits(64))), label
+        return eval_transform(image, self.preprocess), label
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([label for _, label in self.files], dtype=np.int64)
+
+    def subset(self, indices: Any) -> ImageFiles:
+        """The files at ``indices``."""
+        return ImageFiles(
+            [self.files[int(i)] for i in indices],
+            self.classes,
+            self.preprocess,
+            self.channels,
+            self.source,
+            self.split,
+            self.train,
+        )
+
+    def materialize(self) -> Dataset:
+        """Decode every file into one array (for small subsets: calibration, tests)."""
+        x = np.empty((len(self), self.channels, *self.preprocess["crop"]), np.float32)
+        for i in range(len(self)):
+            x[i] = self[i][0]
+        return Dataset(x, self.y, list(self.classes), self.source, self.split, self.preprocess)
+
+
+def _default_preprocess(shape: tuple[int, int, int]) -> dict[str, Any]:
+    from .spec import default_preprocess
+
+    return default_preprocess("cifar", shape[0], (shape[1], shape[2])).as_dict()
+
+
+def _check_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+def limit_indices(count: int, limit: int | None, seed: int = SPLIT_SEED) -> np.ndarray:
+    """A deterministic random subset of ``range(count)`` of size ``limit`` (sorted), or all of it."""
+    if limit is None or count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).permutation(count)[:limit])
 
 
 def load_data(
@@ -71,61 +164,116 @@ def load_data(
     input_shape: tuple[int, int, int],
     *,
     split: str = "val",
-    seed: int = 0,
+    seed: int = SPLIT_SEED,
     max_samples: int | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> Dataset:
-    """Load ``digits``, an image folder or a ``.npy`` file, preprocessed for ``input_shape`` (C, H, W).
+    """Load ``digits``, an image folder or a ``.npy`` file into memory, preprocessed for ``input_shape``.
 
-    ``split`` is ``train``, ``val`` or ``all`` (ignored for ``.npy``); ``seed`` picks the 80/20 split;
-    ``max_samples`` keeps a deterministic random subset (picked before any image is decoded).
+    ``split`` is ``train``, ``val``, ``test`` or ``all`` (ignored for ``.npy``); ``seed`` picks the splits (keep
+    the default for the documented ones); ``max_samples`` keeps a deterministic random subset (picked before
+    any image is decoded); ``preprocess`` is the graph's ``preprocess`` dict (default: a plain resize).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 3 or min(shape) <= 0:
-        raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape!r}")
-    c, h, w = shape
+    shape = _check_shape(input_shape)
+    pre = preprocess if preprocess is not None else _default_preprocess(shape)
     text = os.fspath(source)
     if text == "digits":
-        data = _digits(split, (c, h, w), seed)
-        return _limit(data, max_samples, seed)
-    path = Path(text)
+        return _limit(_digits(split, shape, seed, pre), max_samples, seed)
     if text.endswith(".npy"):
-        return _limit(_npy(path, (c, h, w)), max_samples, seed)
-    return _folder(path, (c, h, w), split, seed, max_samples)
+        return _limit(_npy(Path(text), shape), max_samples, seed)
+    files = _folder(Path(text), shape, split, seed, pre)
+    return files.subset(limit_indices(len(files), max_samples, seed)).materialize()
+
+
+def image_dataset(
+    source: str | os.PathLike[str],
+    input_shape: tuple[int, int, int],
+    *,
+    split: str = "val",
+    preprocess: dict[str, Any] | None = None,
+    train: bool = False,
+    seed: int = SPLIT_SEED,
+) -> Dataset | ImageFiles:
+    """A dataset for a DataLoader: :class:`ImageFiles` for an image folder (streamed), arrays for ``digits``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    shape = _check_shape(input_shape)
+    pre = preprocess if preprocess is not None else _default_preprocess(shape)
+    text = os.fspath(source)
+    if text == "digits":
+        return _digits(split, shape, seed, pre)
+    if text.endswith(".npy"):
+        raise DataError("a .npy file has no labels", loc=Loc(text), hint="use digits or an image folder")
+    files = _folder(Path(text), shape, split, seed, pre)
+    files.train = train
+    return files
+
+
+def available_splits(source: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The labelled splits ``source`` has: digits and plain folders all three; ``DIR/train|val|test`` as found."""
+    text = os.fspath(source)
+    root = Path(text)
+    if text != "digits" and (root / "train").is_dir():
+        return tuple(s for s in ("train", "val", "test") if (root / s).is_dir())
+    return ("train", "val", "test")
+
+
+def default_eval_split(source: str | os.PathLike[str]) -> str:
+    """``test`` where the source has one, else ``val``."""
+    return "test" if "test" in available_splits(source) else "val"
 
 
 # ---------------------------------------------------------------------------------------------------------
 # digits
 
 
-def _digits(split: str, shape: tuple[int, int, int], seed: int) -> Dataset:
+def _digits(split: str, shape: tuple[int, int, int], seed: int, preprocess: dict[str, Any]) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
-    images = bunch.images.astype(np.float32) / 16.0
+    images = bunch.images.astype(np.float32) / 16.0  # 4-bit pixels in [0, 1], as 8-bit ones / 255
     labels = bunch.target.astype(np.int64)
     if split == "all":
         x, y = images, labels
     else:
-        x_train, x_val, y_train, y_val = train_test_split(
-            images, labels, test_size=VAL_FRACTION, random_state=seed, stratify=labels
+        rest_x, test_x, rest_y, test_y = train_test_split(
+            images, labels, test_size=HELD_OUT_FRACTION, random_state=seed, stratify=labels
         )
-        x, y = (x_train, y_train) if split == "train" else (x_val, y_val)
+        if split == "test":
+            x, y = test_x, test_y
+        else:
+            train_x, val_x, train_y, val_y = train_test_split(
+                rest_x, rest_y, test_size=len(test_y), random_state=seed, stratify=rest_y
+            )
+            x, y = (train_x, train_y) if split == "train" else (val_x, val_y)
     c, h, w = shape
-    if (h, w) != (8, 8):
-        x = np.stack([_resize_plane(img, h, w) for img in x])
+    crop = (int(preprocess["crop"][0]), int(preprocess["crop"][1]))
+    if (h, w) != crop:
+        raise ValueError(f"preprocess crop {list(crop)} differs from the input {[h, w]}")
+    if preprocess["resize"] is not None or (h, w) != (8, 8):
+        x = np.stack([_resize_plane(img, preprocess) for img in x])
+    mean = np.asarray(preprocess["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(preprocess["std"], np.float32).reshape(1, -1, 1, 1)
     x = np.repeat(x[:, None], c, axis=1)
-    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y, [str(i) for i in range(10)], "digits")
+    if preprocess["channel_order"] == "bgr":
+        x = x[:, ::-1]
+    if mean.any() or (std != 1).any():
+        x = (x - mean) / std
+    return Dataset(
+        np.ascontiguousarray(x, dtype=np.float32), y, [str(i) for i in range(10)], "digits", split, preprocess
+    )
 
 
-def _resize_plane(plane: np.ndarray, h: int, w: int) -> np.ndarray:
+def _resize_plane(plane: np.ndarray, preprocess: dict[str, Any]) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(
-        Image.fromarray(plane, mode="F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32
-    )
+    from .transforms import eval_transform
+
+    scaled = {**preprocess, "mean": [0.0], "std": [1.0], "scale": 1.0, "channel_order": "rgb"}
+    return eval_transform(Image.fromarray(plane, mode="F"), scaled)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,8 +353,8 @@ def _check_npy_header(path: Path, shape: tuple[int, int, int]) -> None:
 
 
 def _folder(
-    root: Path, shape: tuple[int, int, int], split: str, seed: int, max_samples: int | None
-) -> Dataset:
+    root: Path, shape: tuple[int, int, int], split: str, seed: int, preprocess: dict[str, Any]
+) -> ImageFiles:
     where = Loc(str(root))
     if not root.exists():
         raise DataError(
@@ -220,29 +368,31 @@ def _folder(
         raise DataError(
             f"image folders give 1 (grayscale) or 3 (RGB) channels; the model takes {shape[0]}", loc=where
         )
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    present = available_splits(root)
+    if (root / "train").is_dir() and len(present) > 1:
         classes, train_files = _scan(root / "train", None)
-        _, val_files = _scan(root / "val", classes)
-        files = {"train": train_files, "val": val_files, "all": train_files + val_files}[split]
+        parts = {"train": train_files}
+        for name in ("val", "test"):
+            if name in present:
+                parts[name] = _scan(root / name, classes)[1]
+        if split == "all":
+            files = [f for name in ("train", "val", "test") for f in parts.get(name, [])]
+        elif split not in parts:
+            raise DataError(
+                f"the folder has no {split} split (it has {', '.join(present)})",
+                loc=Loc(str(root / split)),
+                hint=f"add {root / split}/<class>/…, or choose --split {'/'.join(present)}",
+            )
+        else:
+            files = parts[split]
     else:
         classes, all_files = _scan(root, None)
-        if split == "all":
-            files = all_files
-        else:
-            train_files, val_files = _stratified_split(all_files, seed)
-            files = train_files if split == "train" else val_files
-    if max_samples is not None and len(files) > max_samples:
-        order = np.random.default_rng(seed).permutation(len(files))[:max_samples]
-        files = [files[i] for i in sorted(order)]
+        files = all_files if split == "all" else _stratified_split(all_files, seed)[split]
     if not files:
         raise DataError(
             f"the {split} split has no images", loc=where, hint="add images or use --data DIR with more"
         )
-    x = np.empty((len(files), *shape), np.float32)
-    for i, (file, _) in enumerate(files):
-        x[i] = _decode(file, shape)
-    y = np.array([label for _, label in files], dtype=np.int64)
-    return Dataset(x, y, classes, str(root))
+    return ImageFiles(files, classes, preprocess, shape[0], str(root), split)
 
 
 def _scan(root: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -282,43 +432,26 @@ def _scan(root: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[
     return classes, files
 
 
-def _stratified_split(
-    files: list[tuple[Path, int]], seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+def _stratified_split(files: list[tuple[Path, int]], seed: int) -> dict[str, list[tuple[Path, int]]]:
+    """Per class: 20% test, 20% val (rounded; none from a class of one or two), the rest train."""
     rng = np.random.default_rng(seed)
     labels = np.array([label for _, label in files])
-    val: list[int] = []
+    which = np.zeros(len(files), np.int8)  # 0 train, 1 val, 2 test
     for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        count = int(round(VAL_FRACTION * len(members))) if len(members) > 1 else 0
-        val.extend(rng.permutation(members)[:count].tolist())
-    chosen = set(val)
-    return [f for i, f in enumerate(files) if i not in chosen], [
-        f for i, f in enumerate(files) if i in chosen
-    ]
-
-
-def _decode(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = shape
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise DataError(f"cannot decode the image: {reason}", loc=Loc(str(path))) from None
-    if c == 1:
-        return pixels[None]
-    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-    return ((pixels - mean) / std).transpose(2, 0, 1)
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = int(round(HELD_OUT_FRACTION * len(members))) if len(members) > 2 else 0
+        which[members[:count]] = 2
+        which[members[count : 2 * count]] = 1
+    return {
+        name: [f for f, w in zip(files, which, strict=True) if w == code]
+        for code, name in enumerate(("train", "val", "test"))
+    }
 
 
 def _limit(data: Dataset, max_samples: int | None, seed: int) -> Dataset:
     if max_samples is None or len(data) <= max_samples:
         return data
-    order = np.sort(np.random.default_rng(seed).permutation(len(data))[:max_samples])
+    order = limit_indices(len(data), max_samples, seed)
     return data.subset(order)
 
 
@@ -335,8 +468,13 @@ def torch_dataset(data: Dataset) -> Any:
     return TensorDataset(x, torch.from_numpy(data.y)) if data.y.size else TensorDataset(x)
 
 
+def default_workers() -> int:
+    """Decoding workers for an image folder: the cores beyond the main process, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
 def data_loader(
-    data: Dataset,
+    data: Dataset | ImageFiles,
     batch_size: int,
     *,
     shuffle: bool = False,
@@ -344,16 +482,33 @@ def data_loader(
     num_replicas: int = 1,
     rank: int = 0,
     drop_last: bool = False,
+    workers: int | None = None,
+    pin_memory: bool = False,
 ) -> Any:
     """A ``DataLoader`` over ``data``; shuffled by a ``DistributedSampler`` seeded with ``seed``.
 
     The shuffle depends only on ``seed`` and the epoch set with ``loader.sampler.set_epoch(epoch)``, so a resumed
-    or multi-process run sees the same order. With ``num_replicas > 1`` each rank gets its share.
+    or multi-process run sees the same order. With ``num_replicas > 1`` each rank gets its share. Arrays are
+    served from memory; :class:`ImageFiles` are decoded by ``workers`` processes (default
+    :func:`default_workers`), each holding at most two batches, with ``pin_memory`` for CUDA copies.
     """
+    import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
-    dataset = torch_dataset(data)
+    dataset: Any = torch_dataset(data) if isinstance(data, Dataset) else data
     sampler: DistributedSampler[Any] = DistributedSampler(
         dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    if isinstance(data, Dataset):
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    count = default_workers() if workers is None else workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=count,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if count else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,54 +1,124 @@
-"""Top-1 accuracy of a model on real data, whatever form the model has.
+"""Top-1 and top-5 of a model on real data, whatever form the model has.
 
-``densegraph eval`` scores a spec with ``--weights`` (PyTorch), a ``model.onnx`` (onnxruntime; input ``images``,
-output ``logits``, the input shape read from the model) or a ``model.engine`` / ``.plan`` (TensorRT, through
-:class:`densegraph.export.tensorrt.EngineRunner`) on the val split of ``digits`` or an image folder (see
-:mod:`densegraph.data`), preprocessed for the model's input shape. Top-1 is reported in percent.
+:func:`evaluate` scores a spec with weights (PyTorch; a file, or ``torchvision`` / ``timm[:variant]`` for
+published ones), a ``model.onnx`` (onnxruntime; input ``images``, output ``logits``, the input shape read from
+the model, the preprocessing from its ``densegraph.preprocess`` metadata when present) or a ``model.engine`` /
+``.plan`` (TensorRT, through :class:`densegraph.export.tensorrt.EngineRunner`) on a split of ``digits`` or an
+image folder (see :mod:`densegraph.data`). By default the test split where the data has one, else val. Image
+folders stream through a ``DataLoader`` with worker processes, so memory stays bounded by the batch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._io import check_regular
-from .data import Dataset, load_data
+from .data import Dataset, ImageFiles, default_eval_split, image_dataset, limit_indices
 from .errors import DataError, DensegraphError, Loc
 
 __all__ = [
     "evaluate",
+    "score",
+    "load_model",
+    "LoadedModel",
+    "EvalResult",
     "predictor_from_path",
-    "run_eval",
     "onnx_image_model",
     "OnnxImageModel",
     "ONNX_SUFFIXES",
     "ENGINE_SUFFIXES",
+    "METADATA_PREPROCESS",
+    "METADATA_CLASSES",
 ]
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+METADATA_PREPROCESS = "densegraph.preprocess"  # ONNX metadata_props key: the spec's preprocess as JSON
+METADATA_CLASSES = "densegraph.classes"  # ONNX metadata_props key: the class names as a JSON list
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+Progress = Callable[[int, int], None]  # (samples done, samples in all)
 
 
-def evaluate(predict: Predictor, data: Dataset, *, batch_size: int = 64) -> dict[str, Any]:
-    """Run ``predict`` (float32 ``[N, C, H, W]`` -> logits ``[N, classes]``) over ``data``; top-1 in percent."""
-    if not data.y.size:
-        raise DataError(
-            "the data has no labels to score against", loc=Loc(data.source) if data.source else None
-        )
-    correct = 0
-    for start in range(0, len(data), batch_size):
-        logits = np.asarray(predict(data.x[start : start + batch_size]))
-        labels = data.y[start : start + batch_size]
+@dataclass
+class LoadedModel:
+    """A model ready to score numpy batches: ``predict`` float32 ``[N, C, H, W]`` -> logits ``[N, classes]``."""
+
+    predict: Predictor
+    input_shape: tuple[int, int, int]
+    description: str
+    preprocess: dict[str, Any]
+    classes: list[str] | None = None
+
+
+@dataclass
+class EvalResult:
+    """Top-1 / top-5 in percent on ``samples`` images of the ``split`` of ``source``."""
+
+    top1: float
+    top5: float
+    samples: int
+    correct: int
+    correct5: int
+    split: str
+    source: str
+    model: str
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON ``densegraph eval --json`` prints: ``top1``, ``top5``, ``samples``, ``split``."""
+        return {"top1": self.top1, "top5": self.top5, "samples": self.samples, "split": self.split}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _batches(data: Dataset | ImageFiles, batch_size: int, workers: int | None, pin_memory: bool) -> Any:
+    if isinstance(data, Dataset):
+        for start in range(0, len(data), batch_size):
+            yield data.x[start : start + batch_size], data.y[start : start + batch_size]
+        return
+    from torch.utils.data import DataLoader
+
+    from .data import default_workers
+
+    count = default_workers() if workers is None else workers
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=count,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if count else None,
+    )
+    for x, y in loader:
+        yield x.numpy(), y.numpy()
+
+
+def score(
+    predict: Predictor,
+    data: Dataset | ImageFiles,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    pin_memory: bool = False,
+    progress: Progress | None = None,
+) -> tuple[int, int, int]:
+    """Run ``predict`` over ``data``; returns ``(top-1 correct, top-5 correct, samples)``."""
+    where = Loc(data.source) if data.source else None
+    total = len(data)
+    correct = correct5 = done = 0
+    for x, labels in _batches(data, batch_size, workers, pin_memory):
+        if not labels.size or int(labels.min()) < 0:
+            raise DataError("the data has no labels to score against", loc=where)
+        logits = np.asarray(predict(x))
         if logits.ndim != 2 or logits.shape[0] != len(labels):
             raise DensegraphError(
                 f"the model gave outputs of shape {list(logits.shape)} for {len(labels)} inputs"
@@ -56,36 +126,154 @@ def evaluate(predict: Predictor, data: Dataset, *, batch_size: int = 64) -> dict
         if int(labels.max()) >= logits.shape[1]:
             raise DataError(
                 f"the data has labels up to {int(labels.max())}, the model only {logits.shape[1]} classes",
-                loc=Loc(data.source) if data.source else None,
+                loc=where,
             )
+        k = min(5, logits.shape[1])
+        top = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else None
         correct += int((logits.argmax(1) == labels).sum())
-    samples = len(data)
-    return {"top1": round(100.0 * correct / samples, 4), "samples": samples, "correct": correct}
+        correct5 += len(labels) if top is None else int((top == labels[:, None]).any(1).sum())
+        done += len(labels)
+        if progress is not None:
+            progress(done, total)
+    return correct, correct5, done
+
+
+def evaluate(
+    model: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    workers: int | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Top-1/top-5 of a spec (+ ``weights``), a ``.onnx`` or an engine on a split of ``data``.
+
+    ``split`` defaults to ``test`` where the data has one, else ``val``; ``limit`` scores a deterministic random
+    subset of that many images; ``workers`` decode images (default: the cores less one, at most 8).
+    """
+    if batch_size < 1:
+        raise DensegraphError(f"--batch-size must be positive, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise DensegraphError(f"--limit must be positive, got {limit}")
+    if workers is not None and workers < 0:
+        raise DensegraphError(f"--workers must be 0 or more, got {workers}")
+    source = os.fspath(data)
+    if source.endswith(".npy"):
+        raise DataError(
+            "a .npy file has no labels to score against", loc=Loc(source), hint="use digits or DIR"
+        )
+    loaded = load_model(os.fspath(model), weights=weights, device=device)
+    chosen = split or default_eval_split(source)
+    dataset = image_dataset(source, loaded.input_shape, split=chosen, preprocess=loaded.preprocess)
+    dataset = dataset.subset(limit_indices(len(dataset), limit))
+    correct, correct5, samples = score(
+        loaded.predict,
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        pin_memory=device == "cuda",
+        progress=progress,
+    )
+    return EvalResult(
+        top1=round(100.0 * correct / samples, 4),
+        top5=round(100.0 * correct5 / samples, 4),
+        samples=samples,
+        correct=correct,
+        correct5=correct5,
+        split=chosen,
+        source=source,
+        model=loaded.description,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
-# predictors: (predict, input shape (C, H, W), description)
+# models
 
 
-def _torch_predictor(spec: str, weights: str, device: str) -> tuple[Predictor, tuple[int, int, int], str]:
+def _imagenet_classes() -> list[str]:
+    from importlib import resources
+
+    text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    return text.splitlines()
+
+
+def resolve_weights(
+    graph: Any, weights: str | os.PathLike[str], *, progress: Callable[[int, int | None], None] | None = None
+) -> tuple[Path, dict[str, Any], list[str] | None]:
+    """The weights file ``weights`` names (published weights are fetched), preprocess overrides, class names."""
+    from .hub import fetch_weights, is_weights_name, published_weights
+
+    text = os.fspath(weights)
+    if is_weights_name(text):
+        entry = published_weights(text, graph.graph["name"])
+        classes = _imagenet_classes() if entry.labels == "imagenet" else None
+        return fetch_weights(entry, progress=progress), dict(entry.preprocess), classes
+    from .lower.weights import load_file
+
+    obj = load_file(text)
+    classes = obj.get("classes") if isinstance(obj, dict) else None
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        classes = None
+    return Path(text), {}, classes
+
+
+def _torch_model(spec: str, weights: str | os.PathLike[str], device: str) -> LoadedModel:
     import torch
 
     from .lower.torch import graph_of, to_torch
     from .lower.weights import load_weights
 
     graph = graph_of(spec)
-    module = to_torch(graph)
-    load_weights(module, weights, model_name=spec)
     if device == "cuda" and not torch.cuda.is_available():
         raise DensegraphError("--device cuda: no CUDA GPU is available", hint="use --device cpu")
+    path, overrides, classes = resolve_weights(graph, weights)
+    module = to_torch(graph)
+    load_weights(module, path, model_name=spec)
     module = module.to(device).eval()
 
     @torch.no_grad()
     def predict(x: np.ndarray) -> np.ndarray:
-        return module(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float().cpu().numpy()
+        batch = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
+        return module(batch).float().cpu().numpy()
 
     c, h, w = graph.graph["input_shape"]
-    return predict, (c, h, w), f"{spec} + {weights} (PyTorch, {device})"
+    preprocess = {**graph.graph["preprocess"], **overrides}
+    return LoadedModel(
+        predict, (c, h, w), f"{spec} + {os.fspath(weights)} (PyTorch, {device})", preprocess, classes
+    )
+
+
+def _metadata_record(
+    metadata: dict[str, str], shape: tuple[int, int, int], where: Loc
+) -> tuple[dict[str, Any], list[str] | None]:
+    from .spec import default_preprocess
+    from .transforms import check_preprocess
+
+    preprocess = default_preprocess("cifar", shape[0], (shape[1], shape[2])).as_dict()
+    if METADATA_PREPROCESS in metadata:
+        try:
+            preprocess = json.loads(metadata[METADATA_PREPROCESS])
+        except json.JSONDecodeError:
+            raise DataError(f"the model's {METADATA_PREPROCESS} metadata is not JSON", loc=where) from None
+        preprocess = check_preprocess(preprocess, shape[0], where)
+        if tuple(preprocess["crop"]) != shape[1:]:
+            raise DataError(
+                f"the model's {METADATA_PREPROCESS} crops to {preprocess['crop']}, its input is {list(shape[1:])}",
+                loc=where,
+            )
+    classes = None
+    if METADATA_CLASSES in metadata:
+        try:
+            value = json.loads(metadata[METADATA_CLASSES])
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, list) and all(isinstance(c, str) for c in value):
+            classes = value
+    return preprocess, classes
 
 
 _ORT_IMAGE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -138,7 +326,9 @@ def onnx_image_model(path: str, providers: list[str]) -> OnnxImageModel:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise DensegraphError("onnxruntime is not installed", hint="pip install onnxruntime") from None
+        raise DensegraphError(
+            "onnxruntime is not installed", hint="pip install 'densegraph[cpu]' (or [gpu] on a GPU machine)"
+        ) from None
     where = Loc(path)
     check_regular(path, what="ONNX model", missing_hint="check the path to the ONNX model")
     options = ort.SessionOptions()
@@ -179,14 +369,14 @@ def onnx_image_model(path: str, providers: list[str]) -> OnnxImageModel:
     return OnnxImageModel(session, path, inp.name, out.name, (c, h, w), fixed, dtype)
 
 
-def _onnx_predictor(path: str, device: str) -> tuple[Predictor, tuple[int, int, int], str]:
+def _onnx_model(path: str, device: str) -> LoadedModel:
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise DensegraphError(
-                "--device cuda: onnxruntime has no CUDA provider", hint="pip install onnxruntime-gpu"
+                "--device cuda: onnxruntime has no CUDA provider", hint="pip install 'densegraph[gpu]'"
             )
         providers.insert(0, "CUDAExecutionProvider")
     model = onnx_image_model(path, providers)
@@ -214,10 +404,23 @@ def _onnx_predictor(path: str, device: str) -> tuple[Predictor, tuple[int, int, 
             pieces.append(checked(chunk)[:n])
         return np.concatenate(pieces).astype(np.float32)
 
-    return predict, model.chw, f"{path} (onnxruntime, {model.session.get_providers()[0]})"
+    metadata = dict(model.session.get_modelmeta().custom_metadata_map or {})
+    preprocess, classes = _metadata_record(metadata, model.chw, Loc(path))
+    description = f"{path} (onnxruntime, {model.session.get_providers()[0]})"
+    return LoadedModel(predict, model.chw, description, preprocess, classes)
 
 
-def _engine_predictor(path: str) -> tuple[Predictor, tuple[int, int, int], str]:
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a broken neighbour is no reason to refuse the engine
+        return {}
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _engine_model(path: str) -> LoadedModel:
     from .export.tensorrt import EngineRunner
 
     runner = EngineRunner(path)
@@ -226,45 +429,37 @@ def _engine_predictor(path: str) -> tuple[Predictor, tuple[int, int, int], str]:
     def predict(x: np.ndarray) -> np.ndarray:
         return np.asarray(runner(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
 
-    return predict, (c, h, w), f"{path} (TensorRT)"
+    # an engine carries no metadata; the ONNX it was built from (same folder, same stem) does
+    beside = Path(path).with_suffix(".onnx")
+    metadata = _onnx_metadata(beside) if beside.is_file() else {}
+    preprocess, classes = _metadata_record(metadata, (c, h, w), Loc(str(beside)))
+    return LoadedModel(predict, (c, h, w), f"{path} (TensorRT)", preprocess, classes)
 
 
-def predictor_from_path(
-    model: str, *, weights: str | None = None, device: str = "cpu"
-) -> tuple[Predictor, tuple[int, int, int], str]:
-    """A numpy predictor for a spec (+ ``weights``), a ``.onnx`` or an engine; with its input shape and a label."""
+def load_model(
+    model: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, device: str = "cpu"
+) -> LoadedModel:
+    """A numpy predictor for a spec (+ ``weights``), a ``.onnx`` or an engine, with its preprocessing."""
+    model = os.fspath(model)
     suffix = Path(model).suffix.lower()
     if suffix in ONNX_SUFFIXES or suffix in ENGINE_SUFFIXES:
         if weights is not None:
             raise DensegraphError(
                 "--weights applies to a spec; an ONNX model or engine carries its weights", loc=Loc(model)
             )
-        return _onnx_predictor(model, device) if suffix in ONNX_SUFFIXES else _engine_predictor(model)
+        return _onnx_model(model, device) if suffix in ONNX_SUFFIXES else _engine_model(model)
     if weights is None:
         raise DensegraphError(
             "evaluating a spec needs --weights",
             loc=Loc(model),
-            hint="pass RUN/best.pt of `densegraph train`, or a state_dict",
+            hint="pass RUN/best.pt of `densegraph train`, a state_dict, or torchvision / timm for published ones",
         )
-    return _torch_predictor(model, weights, device)
+    return _torch_model(model, weights, device)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """``densegraph eval SPEC --weights W | MODEL.onnx | MODEL.engine --data digits|DIR [--json]``."""
-    if args.batch_size < 1:
-        raise DensegraphError(f"--batch-size must be positive, got {args.batch_size}")
-    predict, input_shape, label = predictor_from_path(args.model, weights=args.weights, device=args.device)
-    data_source = os.fspath(args.data)
-    if data_source.endswith(".npy"):
-        raise DataError(
-            "a .npy file has no labels to score against", loc=Loc(data_source), hint="use digits or DIR"
-        )
-    data = load_data(data_source, input_shape, split="val")
-    result = evaluate(predict, data, batch_size=args.batch_size)
-    print(
-        f"top-1 {result['top1']:.2f}% ({result['correct']}/{result['samples']}) on the val split of "
-        f"{data_source}: {label}"
-    )
-    if args.json:
-        print(json.dumps({"top1": result["top1"], "samples": result["samples"]}))
-    return 0
+def predictor_from_path(
+    model: str, *, weights: str | None = None, device: str = "cpu"
+) -> tuple[Predictor, tuple[int, int, int], str]:
+    """``(predict, input shape, description)`` of :func:`load_model` (kept for existing callers)."""
+    loaded = load_model(model, weights=weights, device=device)
+    return loaded.predict, loaded.input_shape, loaded.description

@@ -20,7 +20,8 @@ buffers are synchronised from rank 0 after each epoch, and only rank 0 writes fi
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import copy
 import csv
 import hashlib
 import io
@@ -41,13 +42,20 @@ from torch import nn
 
 from ._io import file_sha256, output_file, write_atomic
 from ._output import refuse_overwrite
-from .data import Dataset, data_loader, load_data
+from .data import Dataset, ImageFiles, available_splits, data_loader, image_dataset
 from .errors import CheckpointError, DataError, DensegraphError, Loc, OutputError
 from .graph import graph_of, graph_sha256
 from .lower.torch import to_torch
 from .lower.weights import load_file, save_atomic
 
-__all__ = ["train", "run_train", "graph_sha256", "DEFAULT_EPOCHS", "CHECKPOINT_FORMAT", "METRICS_COLUMNS"]
+__all__ = [
+    "train",
+    "graph_sha256",
+    "AMP_MODES",
+    "DEFAULT_EPOCHS",
+    "CHECKPOINT_FORMAT",
+    "METRICS_COLUMNS",
+]
 
 DEFAULT_EPOCHS = 30
 MOMENTUM = 0.9
@@ -55,6 +63,7 @@ WEIGHT_DECAY = 1e-4
 LR_MILESTONES = (0.5, 0.75)
 LR_DECAY = 0.1
 CHECKPOINT_FORMAT = "densegraph-train-checkpoint/1"
+AMP_MODES = ("bf16", "fp16")
 METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
 # When set (to anything), every rank writes RUN/rank{r}.sha256, the digest of its final state_dict (for tests).
 RANK_DIGEST_ENV = "DENSEGRAPH_RANK_DIGEST"
@@ -181,6 +190,25 @@ def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
+@dataclass
+class _Precision:
+    """Autocast dtype (None: fp32), the fp16 grad scaler, and the memory format of inputs."""
+
+    device: torch.device
+    amp: str | None = None
+    channels_last: bool = False
+    scaler: Any = None
+
+    def autocast(self) -> Any:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
 def _train_epoch(
     model: nn.Module,
     loader: Any,
@@ -189,18 +217,26 @@ def _train_epoch(
     max_shift: int,
     generator: torch.Generator,
     on_batch: Callable[[float], None],
+    precision: _Precision | None = None,
 ) -> tuple[float, float, float]:
     model.train()
+    precision = precision or _Precision(device)
     loss_sum = correct = count = 0.0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if max_shift:
             x = _shift(x, max_shift, generator)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with precision.autocast():
+            logits = model(precision.inputs(x))
+            loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if precision.scaler is not None:
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         n = y.shape[0]
         loss_value = float(loss.detach())
         loss_sum += loss_value * n
@@ -212,36 +248,62 @@ def _train_epoch(
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module, data: Dataset, batch_size: int, device: torch.device, dist: _Dist
+    model: nn.Module,
+    data: Dataset | ImageFiles,
+    batch_size: int,
+    device: torch.device,
+    dist: _Dist,
+    precision: _Precision | None = None,
+    workers: int | None = None,
 ) -> tuple[float, float, float]:
     model.eval()
+    precision = precision or _Precision(device)
     index = np.arange(dist.rank, len(data), dist.world)
     loss_sum = correct = 0.0
-    for start in range(0, len(index), batch_size):
-        batch = index[start : start + batch_size]
-        x = torch.from_numpy(data.x[batch]).to(device)
-        y = torch.from_numpy(data.y[batch]).to(device)
-        logits = model(x)
+    if isinstance(data, Dataset):
+        batches: Any = (
+            (torch.from_numpy(data.x[b]), torch.from_numpy(data.y[b]))
+            for b in (index[s : s + batch_size] for s in range(0, len(index), batch_size))
+        )
+    else:
+        from torch.utils.data import DataLoader
+
+        from .data import default_workers
+
+        count = default_workers() if workers is None else workers
+        batches = DataLoader(
+            data.subset(index),
+            batch_size=batch_size,
+            num_workers=count,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=2 if count else None,
+        )
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with precision.autocast():
+            logits = model(precision.inputs(x)).float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += float((logits.argmax(1) == y).sum())
     return loss_sum, correct, float(len(index))
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _NoProgress:
+    """Stands in for a ``rich.progress.Progress`` when the caller passes none."""
 
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        console=console,
-        transient=True,
-        disable=not (enabled and console.is_terminal),
-    )
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def remove_task(self, *args: Any) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -485,9 +547,15 @@ def _resolve_device(name: str, dist: _Dist) -> torch.device:
     return torch.device("cpu")
 
 
-def _load_splits(data: Any, input_shape: tuple[int, int, int]) -> tuple[Dataset, Dataset, str]:
+def _load_splits(
+    data: Any, input_shape: tuple[int, int, int], preprocess: dict[str, Any]
+) -> tuple[Dataset | ImageFiles, Dataset | ImageFiles, Dataset | ImageFiles | None, str]:
+    test_set: Dataset | ImageFiles | None = None
     if isinstance(data, tuple):
-        train_set, val_set = data
+        if len(data) not in (2, 3):
+            raise ValueError("data must be a source, or (train, val) or (train, val, test) datasets")
+        train_set, val_set = data[0], data[1]
+        test_set = data[2] if len(data) == 3 else None
         label = train_set.source or "<arrays>"
     else:
         label = os.fspath(data)
@@ -495,17 +563,61 @@ def _load_splits(data: Any, input_shape: tuple[int, int, int]) -> tuple[Dataset,
             raise DataError(
                 "a .npy file has no labels to train on", loc=Loc(label), hint="use digits or an image folder"
             )
-        train_set = load_data(label, input_shape, split="train")
-        val_set = load_data(label, input_shape, split="val")
-    for name, part in (("train", train_set), ("val", val_set)):
-        if tuple(part.x.shape[1:]) != tuple(input_shape):
+        splits = available_splits(label)
+        if "val" not in splits:
             raise DataError(
-                f"{name} inputs are {list(part.x.shape[1:])}, the model takes {list(input_shape)}",
-                loc=Loc(label),
+                "the folder has no val split to choose the best epoch on",
+                loc=Loc(os.path.join(label, "val")),
+                hint="add DIR/val/<class>/…, or pass a folder of class folders to be split 60/20/20",
+            )
+        train_set = image_dataset(label, input_shape, split="train", preprocess=preprocess, train=True)
+        val_set = image_dataset(label, input_shape, split="val", preprocess=preprocess)
+        if "test" in splits:
+            test_set = image_dataset(label, input_shape, split="test", preprocess=preprocess)
+    parts = [("train", train_set), ("val", val_set)] + ([("test", test_set)] if test_set is not None else [])
+    for name, part in parts:
+        shape = part.x.shape[1:] if isinstance(part, Dataset) else (part.channels, *part.preprocess["crop"])
+        if tuple(shape) != tuple(input_shape):
+            raise DataError(
+                f"{name} inputs are {list(shape)}, the model takes {list(input_shape)}", loc=Loc(label)
             )
         if len(part) == 0 or part.y.shape[0] != len(part):
             raise DataError(f"the {name} split has no labelled samples", loc=Loc(label))
-    return train_set, val_set, label
+    return train_set, val_set, test_set, label
+
+
+def _check_precision(amp: str | None, channels_last: bool, device: torch.device) -> _Precision:
+    if amp is not None and amp not in AMP_MODES:
+        raise DensegraphError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise DensegraphError(
+            "--amp fp16 needs a CUDA GPU (CPU autocast computes in bf16)", hint="use --amp bf16 on CPU"
+        )
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    return _Precision(device, amp, channels_last, scaler)
+
+
+def _test_figure(
+    model: nn.Module,
+    best_path: Path,
+    test_set: Dataset | ImageFiles | None,
+    batch_size: int,
+    device: torch.device,
+    dist: _Dist,
+    precision: _Precision,
+    workers: int | None,
+) -> tuple[float | None, int]:
+    """Top-1 of ``best.pt`` (chosen on val) on the test split; ``(None, 0)`` when there is none."""
+    if test_set is None or not best_path.is_file():
+        return None, 0
+    if dist.active:
+        torch.distributed.barrier()  # rank 0 has written best.pt
+    state = load_file(best_path)["state_dict"]
+    best = copy.deepcopy(model)  # the trained model stays as it ended (last.pt)
+    best.load_state_dict(state)
+    sums = _evaluate(best, test_set, batch_size, device, dist, precision, workers)
+    _, correct, count = _all_sum(list(sums), dist, device)
+    return round(100.0 * correct / count, 4), int(count)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -526,18 +638,27 @@ def train(
     memory_efficient: bool = False,
     augment: bool = True,
     threads: int | None = None,
+    amp: str | None = None,
+    channels_last: bool = False,
+    workers: int | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Train a spec (path, :class:`Spec` or graph) on ``digits``, an image folder or ``(train, val)`` datasets.
 
     ``threads`` sets PyTorch's CPU threads for the run (``None``: ``$OMP_NUM_THREADS`` if set, else 1, as
     ``torchrun`` does — these small models gain little from more and stall on a busy machine; 0: all cores).
     Writes ``run_dir/{last,best}.pt`` and ``metrics.csv``. With ``resume`` the run continues from ``last.pt``
-    with the recipe it recorded (``epochs`` may extend it). Returns a summary: ``best_top1``, ``best_epoch``,
-    ``val_top1`` (last epoch), ``epochs``, ``seconds``, ``run_dir``.
+    with the recipe it recorded (``epochs`` may extend it). ``best.pt`` is the epoch with the best val top-1;
+    once training ends it is scored on the test split (where the data has one), which no choice looked at.
+    ``amp`` (``bf16`` or ``fp16``) trains under autocast (fp16 with a grad scaler, CUDA only);
+    ``channels_last`` runs the convolutions on NHWC tensors; ``workers`` decode image folders. ``log`` gets
+    one line per event, ``progress`` (a ``rich.progress.Progress``) a bar per epoch. Returns a summary:
+    ``best_top1``, ``best_epoch``, ``val_top1`` (last epoch), ``test_top1`` (None without a test split),
+    ``test_samples``, ``epochs``, ``seconds``, ``run_dir``.
     """
     dist = _dist_from_env()
-    say = log or (lambda text: print(text, flush=True))
+    say = log or (lambda text: None)
     if not dist.main:
         say = lambda text: None  # noqa: E731
     graph = graph_of(spec_path_or_graph)
@@ -560,6 +681,7 @@ def train(
                 say(f"note: resuming with the recorded {name} {recorded[name]} (not {value})")
         batch_size, lr, seed = recorded["batch_size"], recorded["lr"], recorded["seed"]
         augment, memory_efficient = recorded["augment"], recorded["memory_efficient"]
+        amp, channels_last = recorded.get("amp"), recorded.get("channels_last", False)
         if epochs is not None and epochs != recorded["epochs"]:
             say(
                 f"note: the run was planned for {recorded['epochs']} epochs, now {epochs}; the lr schedule stays"
@@ -587,9 +709,12 @@ def train(
             f"--batch-size {batch_size} is the global batch and must divide among {dist.world} processes",
             hint=f"use a multiple of {dist.world}",
         )
+    if workers is not None and workers < 0:
+        raise DensegraphError(f"--workers must be 0 or more, got {workers}")
     input_shape = tuple(graph.graph["input_shape"])
     num_classes = int(graph.graph["output_shape"][0])
-    train_set, val_set, data_label = _load_splits(data, input_shape)  # type: ignore[arg-type]
+    preprocess = graph.graph["preprocess"]
+    train_set, val_set, test_set, data_label = _load_splits(data, input_shape, preprocess)  # type: ignore[arg-type]
     for part in (train_set, val_set):
         if int(part.y.max()) >= num_classes or int(part.y.min()) < 0:
             raise DataError(
@@ -599,6 +724,7 @@ def train(
             )
     _check_writable(run)
     torch_device = _resolve_device(device, dist)
+    precision = _check_precision(amp, channels_last, torch_device)
 
     previous_threads = torch.get_num_threads()
     if threads is None and "OMP_NUM_THREADS" not in os.environ:
@@ -612,6 +738,8 @@ def train(
     try:
         _seed_all(seed)
         model = to_torch(graph, memory_efficient=memory_efficient, seed=seed).to(torch_device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True
         )
@@ -647,8 +775,14 @@ def train(
             seed=seed,
             num_replicas=dist.world,
             rank=dist.rank,
+            workers=workers,
+            pin_memory=torch_device.type == "cuda",
         )
-        max_shift = max(1, input_shape[1] // 8) if augment else 0
+        if not augment and isinstance(train_set, ImageFiles):
+            train_set.train = False
+        # specs that resize (ImageNet-style) augment per image (random resized crop, flip); others shift
+        per_image = isinstance(train_set, ImageFiles) and preprocess["resize"] is not None
+        max_shift = max(1, input_shape[1] // 8) if augment and not per_image else 0
         args_record = {
             "spec": spec_path,
             "data": data_label,
@@ -659,29 +793,37 @@ def train(
             "device": device,
             "memory_efficient": memory_efficient,
             "augment": augment,
+            "amp": amp,
+            "channels_last": channels_last,
             "world_size": dist.world,
         }
+        classes = list(getattr(train_set, "classes", []) or [])
         if start > epochs:
             say(
                 f"{run}: already trained for {start - 1} epochs (best val top-1 {best_top1:.2f}%); nothing to do"
             )
         else:
             say(
-                f"training {graph.graph['name']} on {data_label}: {len(train_set)} train / {len(val_set)} val, "
+                f"training {graph.graph['name']} on {data_label}: {len(train_set)} train / {len(val_set)} val"
+                + (f" / {len(test_set)} test" if test_set is not None else "")
+                + ", "
                 f"epochs {start}-{epochs}, batch {batch_size}"
                 + (f" over {dist.world} processes" if dist.active else "")
                 + f", lr {lr} (x{LR_DECAY} after epochs {', '.join(str(m) for m in milestones)}), {torch_device}"
             )
         began = time.perf_counter()
-        with _progress(dist.main) as progress:
+        bars = progress if (progress is not None and dist.main) else _NoProgress()
+        with bars:
             for epoch in range(start, epochs + 1):
                 tic = time.perf_counter()
                 loader.sampler.set_epoch(epoch)
+                if getattr(loader, "generator", None) is not None:  # the workers' augmentation seeds
+                    loader.generator.manual_seed(int(_epoch_generator(seed, epoch, dist.rank).initial_seed()))
                 epoch_lr = optimizer.param_groups[0]["lr"]
-                task = progress.add_task(f"epoch {epoch}/{epochs}", total=len(loader), loss="-")
+                task = bars.add_task(f"epoch {epoch}/{epochs}", total=len(loader), loss="-")
 
                 def on_batch(loss: float, task: Any = task) -> None:
-                    progress.update(task, advance=1, loss=f"{loss:.4f}")
+                    bars.update(task, advance=1, loss=f"{loss:.4f}")
 
                 train_sums = _train_epoch(
                     net,
@@ -691,12 +833,13 @@ def train(
                     max_shift,
                     _epoch_generator(seed, epoch, dist.rank),
                     on_batch,
+                    precision,
                 )
-                progress.remove_task(task)
+                bars.remove_task(task)
                 if dist.active:
                     for buffer in model.buffers():
                         torch.distributed.broadcast(buffer, 0)
-                val_sums = _evaluate(model, val_set, batch_size, torch_device, dist)
+                val_sums = _evaluate(model, val_set, batch_size, torch_device, dist, precision, workers)
                 loss_sum, correct, count, val_loss_sum, val_correct, val_count = _all_sum(
                     [*train_sums, *val_sums], dist, torch_device
                 )
@@ -738,6 +881,8 @@ def train(
                         "spec_sha256": _file_sha256(spec_path),
                         "graph_sha256": graph_sha,
                         "graph_name": graph.graph["name"],
+                        "classes": classes,
+                        "preprocess": preprocess,
                         "args": args_record,
                         "torch_version": str(torch.__version__),
                     }
@@ -752,6 +897,9 @@ def train(
                     f"  {row['seconds']:.1f}s" + ("  *" if improved else "")
                 )
         seconds = time.perf_counter() - began
+        test_top1, test_samples = _test_figure(
+            model, best_path, test_set, batch_size, torch_device, dist, precision, workers
+        )
         if dist.active:
             # every rank reaches the teardown together: a gloo process group destroyed while its peer is still
             # writing checkpoints can abort the process ("terminate called without an active exception")
@@ -763,10 +911,19 @@ def train(
             f"best val top-1 {best_top1:.2f}% (epoch {best_epoch}), last {last['val_top1']:.2f}%; "
             f"{seconds:.1f}s; wrote {last_path}, {best_path}, {metrics_path}"
         )
+        if test_top1 is not None:
+            say(
+                f"test top-1 {test_top1:.2f}% on {test_samples} held-out images of {data_label} "
+                f"(best.pt, epoch {best_epoch}, chosen on val; the test split was not used for the choice)"
+            )
+        else:
+            say(f"no test split in {data_label}: the figure above is val, which chose best.pt")
         return {
             "best_top1": best_top1,
             "best_epoch": best_epoch,
             "val_top1": last["val_top1"],
+            "test_top1": test_top1,
+            "test_samples": test_samples,
             "epochs": epochs,
             "seconds": seconds,
             "run_dir": str(run),
@@ -783,22 +940,3 @@ def train(
         torch.set_num_threads(previous_threads)
         if dist.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``densegraph train SPEC --data digits|DIR -o RUN [--epochs N] [--resume] …``."""
-    train(
-        args.spec,
-        args.data,
-        args.output,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        resume=args.resume,
-        device=args.device,
-        seed=args.seed,
-        memory_efficient=args.memory_efficient,
-        augment=not getattr(args, "no_augment", False),
-        threads=getattr(args, "threads", None),
-    )
-    return 0

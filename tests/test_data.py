@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densegraph.data import IMAGENET_MEAN, IMAGENET_STD, Dataset, data_loader, load_data
+from densegraph.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Dataset,
+    ImageFiles,
+    available_splits,
+    data_loader,
+    default_eval_split,
+    image_dataset,
+    load_data,
+)
 from densegraph.errors import DataError
 
 
@@ -28,35 +38,51 @@ def _write_folder(root: Path, counts: dict[str, int], *, size: int = 6, mode: st
 # digits
 
 
-def test_digits_split_is_stratified_and_fixed() -> None:
+def test_digits_split_is_stratified_fixed_and_three_way() -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     train = load_data("digits", (1, 8, 8), split="train")
     val = load_data("digits", (1, 8, 8))
+    test = load_data("digits", (1, 8, 8), split="test")
     every = load_data("digits", (1, 8, 8), split="all")
-    assert (len(train), len(val), len(every)) == (1437, 360, 1797)
+    assert (len(train), len(val), len(test), len(every)) == (1077, 360, 360, 1797)
     assert train.x.dtype == np.float32 and train.y.dtype == np.int64
-    assert train.x.shape == (1437, 1, 8, 8) and 0.0 <= val.x.min() and val.x.max() == 1.0
-    # the documented split, recomputed independently
+    assert train.x.shape == (1077, 1, 8, 8) and 0.0 <= val.x.min() and val.x.max() == 1.0
+    # the documented splits, recomputed independently
     bunch = load_digits()
-    _, x_val, _, y_val = train_test_split(
+    x_rest, x_test, y_rest, y_test = train_test_split(
         bunch.images, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
     )
+    _, x_val, _, y_val = train_test_split(x_rest, y_rest, test_size=360, random_state=0, stratify=y_rest)
+    np.testing.assert_array_equal(test.y, y_test)
+    np.testing.assert_allclose(test.x[:, 0], x_test / 16.0)
     np.testing.assert_array_equal(val.y, y_val)
     np.testing.assert_allclose(val.x[:, 0], x_val / 16.0)
-    assert np.bincount(val.y).min() >= 35  # every class in the held-out split
-    assert val.classes == [str(i) for i in range(10)] and val.source == "digits"
+    for part in (val, test):
+        assert np.bincount(part.y).min() >= 35  # every class in each held-out split
+    # no image is in two splits
+    seen = [set(map(bytes, part.x)) for part in (train, val, test)]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert val.classes == [str(i) for i in range(10)] and val.source == "digits" and test.split == "test"
 
 
 def test_digits_resized_and_channels_repeated() -> None:
     small = load_data("digits", (1, 8, 8))
-    big = load_data("digits", (3, 16, 16))
+    plain = {"resize": None, "crop": [16, 16], "mean": [0.0] * 3, "std": [1.0] * 3}
+    plain |= {"channel_order": "rgb", "scale": 255.0, "interpolation": "bilinear"}
+    big = load_data("digits", (3, 16, 16), preprocess=plain)
     assert big.x.shape == (360, 3, 16, 16)
     np.testing.assert_array_equal(big.x[:, 0], big.x[:, 2])
     np.testing.assert_array_equal(big.y, small.y)
     # bilinear resizing keeps the average brightness of each image roughly
     np.testing.assert_allclose(big.x.mean(axis=(1, 2, 3)), small.x.mean(axis=(1, 2, 3)), atol=0.03)
+    # the spec's default for 3 channels: the ImageNet mean/std on top
+    normalised = load_data("digits", (3, 16, 16))
+    expected = (big.x - np.array(IMAGENET_MEAN, np.float32)[:, None, None]) / np.array(
+        IMAGENET_STD, np.float32
+    )[:, None, None]
+    np.testing.assert_allclose(normalised.x, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_max_samples_is_deterministic() -> None:
@@ -79,17 +105,20 @@ def test_folder_split_grayscale(tmp_path: Path) -> None:
     _write_folder(tmp_path, {"cat": 10, "dog": 5})
     train = load_data(tmp_path, (1, 4, 4), split="train")
     val = load_data(tmp_path, (1, 4, 4), split="val")
+    test = load_data(tmp_path, (1, 4, 4), split="test")
     every = load_data(tmp_path, (1, 4, 4), split="all")
     assert train.classes == ["cat", "dog"] and val.source == str(tmp_path)
-    assert (len(train), len(val), len(every)) == (12, 3, 15)
-    assert np.bincount(val.y).tolist() == [2, 1]  # 20% of each class
+    assert (len(train), len(val), len(test), len(every)) == (9, 3, 3, 15)
+    assert np.bincount(val.y).tolist() == [2, 1] == np.bincount(test.y).tolist()  # 20% of each class
     assert val.x.shape == (3, 1, 4, 4) and val.x.dtype == np.float32
     # a constant image stays constant through resizing; pixel value / 255
     label0 = val.x[val.y == 0]
     assert np.allclose(label0, label0[:, :, :1, :1]) and label0.max() <= 9 / 255 + 1e-6
     again = load_data(tmp_path, (1, 4, 4), split="val")
     np.testing.assert_array_equal(again.x, val.x)
-    assert not set(map(bytes, val.x)) & set(map(bytes, train.x))
+    files = image_dataset(tmp_path, (1, 4, 4), split="val")
+    assert isinstance(files, ImageFiles) and len(files) == 3
+    np.testing.assert_array_equal(np.stack([files[i][0] for i in range(3)]), val.x)
 
 
 def test_folder_rgb_is_imagenet_normalised(tmp_path: Path) -> None:

@@ -238,9 +238,21 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 # onnxruntime
 
 
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or one clear error naming the extra that installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BuildError(
+            "onnxruntime is not installed (it runs and verifies the ONNX models)",
+            hint="pip install 'densegraph[cpu]', or 'densegraph[gpu]' on an NVIDIA GPU machine (not both)",
+        ) from None
+    return onnxruntime
+
+
 def best_providers() -> list[str]:
     """The onnxruntime execution providers to use, best first: TensorRT, CUDA, then CPU where present."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     available = set(ort.get_available_providers())
     preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -251,7 +263,7 @@ def ort_session(
     model: str | os.PathLike[str] | bytes, providers: Sequence[str] | None = None
 ) -> onnxruntime.InferenceSession:
     """An onnxruntime session on ``model`` (a path or serialized bytes); the CPU unless ``providers`` says."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no provider chatter on the terminal
@@ -280,7 +292,7 @@ def verify_outputs(
     """Run ``model`` (a path, bytes or a session) in onnxruntime on ``inputs`` and hold it to the
     ``precision``'s bar against ``references`` (:func:`densegraph.parity.check_outputs`); raises
     :class:`BuildError` when it misses (fp32: abs error, fp16: relative error)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     session = model if isinstance(model, ort.InferenceSession) else ort_session(model)
     name = session.get_inputs()[0].name
@@ -294,6 +306,6 @@ def verify_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = 
 
 
 def _runtime_name() -> str:
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     return f"onnxruntime {ort.__version__} CPUExecutionProvider"

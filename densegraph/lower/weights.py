@@ -199,6 +199,12 @@ def load_weights(
     The error names the first few missing and unexpected keys and shape mismatches, with their counts, or the
     first tensor :func:`check_tensors` refuses. ``origin``: the file a state_dict came from, for the messages.
     """
+    graph = getattr(module, "graph", None)
+    if isinstance(source, str) and graph is not None:
+        from ..hub import fetch_weights, is_weights_name, published_weights
+
+        if is_weights_name(source):  # torchvision / timm[:variant]: the hash-checked published file
+            source = fetch_weights(published_weights(source, graph.graph["name"]))
     if isinstance(source, Mapping):
         where = Loc(os.fspath(origin)) if origin is not None else None
         state = normalize_state_dict(source, where=where)
