@@ -38,7 +38,7 @@ import numpy as np
 
 from ._io import open_regular
 from ._memory import check_fits, human_bytes
-from .errors import DataError, Loc
+from .errors import DataError, DensegraphError, Loc
 
 __all__ = [
     "Dataset",
@@ -49,6 +49,7 @@ __all__ = [
     "default_eval_split",
     "limit_indices",
     "default_workers",
+    "worker_errors",
     "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -466,6 +467,27 @@ def torch_dataset(data: Dataset) -> Any:
 
     x = torch.from_numpy(data.x)
     return TensorDataset(x, torch.from_numpy(data.y)) if data.y.size else TensorDataset(x)
+
+
+def worker_errors(batches: Any) -> Any:
+    """Iterate ``batches`` (a DataLoader), turning a user error raised in a worker back into one located line.
+
+    DataLoader re-raises a worker's exception as the same class built from the worker's whole traceback text;
+    the report we want is that text's last line.
+    """
+    try:
+        yield from batches
+    except DensegraphError as exc:
+        text = exc.message
+        if "DataLoader worker process" not in text:
+            raise
+        line = text.strip().splitlines()[-1].split(": ", 1)[-1]  # drop "densegraph.errors.DataError: "
+        where, _, rest = line.rpartition("error: ") if "error: " in line else ("", "", line)
+        message, hint = rest, None
+        if rest.endswith(")") and " (hint: " in rest:
+            message, _, hint = rest[:-1].partition(" (hint: ")
+        loc = Loc(where[:-2]) if where.endswith(": ") else None
+        raise type(exc)(message, loc=loc, hint=hint) from None
 
 
 def default_workers() -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._io import check_regular
-from .data import Dataset, ImageFiles, default_eval_split, image_dataset, limit_indices
+from .data import Dataset, ImageFiles, default_eval_split, image_dataset, limit_indices, worker_errors
 from .errors import DataError, DensegraphError, Loc
 
 __all__ = [
@@ -98,7 +98,7 @@ def _batches(data: Dataset | ImageFiles, batch_size: int, workers: int | None, p
         pin_memory=pin_memory,
         prefetch_factor=2 if count else None,
     )
-    for x, y in loader:
+    for x, y in worker_errors(loader):
         yield x.numpy(), y.numpy()
 
 

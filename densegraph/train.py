@@ -42,7 +42,7 @@ from torch import nn
 
 from ._io import file_sha256, output_file, write_atomic
 from ._output import refuse_overwrite
-from .data import Dataset, ImageFiles, available_splits, data_loader, image_dataset
+from .data import Dataset, ImageFiles, available_splits, data_loader, image_dataset, worker_errors
 from .errors import CheckpointError, DataError, DensegraphError, Loc, OutputError
 from .graph import graph_of, graph_sha256
 from .lower.torch import to_torch
@@ -222,7 +222,7 @@ def _train_epoch(
     model.train()
     precision = precision or _Precision(device)
     loss_sum = correct = count = 0.0
-    for x, y in loader:
+    for x, y in worker_errors(loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if max_shift:
             x = _shift(x, max_shift, generator)
@@ -278,7 +278,7 @@ def _evaluate(
             pin_memory=device.type == "cuda",
             prefetch_factor=2 if count else None,
         )
-    for x, y in batches:
+    for x, y in worker_errors(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with precision.autocast():
             logits = model(precision.inputs(x)).float()

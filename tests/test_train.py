@@ -13,7 +13,7 @@ from PIL import Image
 
 from densegraph.cli import main
 from densegraph.data import Dataset, load_data
-from densegraph.errors import CheckpointError
+from densegraph.errors import CheckpointError, DensegraphError
 from densegraph.lower.torch import to_torch
 from densegraph.train import CHECKPOINT_FORMAT, METRICS_COLUMNS, train
 
@@ -134,9 +134,22 @@ def test_trains_on_an_image_folder(tmp_path: Path, digits: tuple[Dataset, Datase
         folder = images / f"digit{y}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((x[0] * 255).astype(np.uint8)).save(folder / f"{len(list(folder.iterdir()))}.png")
-    summary = train(TINY_SPEC, str(images), tmp_path / "run", epochs=1, batch_size=16, log=_quiet)
+    lines: list[str] = []
+    summary = train(
+        TINY_SPEC, str(images), tmp_path / "run", epochs=2, batch_size=16, workers=1, log=lines.append
+    )
     assert 0.0 <= summary["best_top1"] <= 100.0
+    best = _load(tmp_path / "run" / "best.pt")
     assert _load(tmp_path / "run" / "last.pt")["args"]["data"] == str(images)
+    assert best["classes"] == sorted({f"digit{y}" for y in digits[0].y[:60]})
+    # the last line is the test figure of best.pt, which an independent scoring of the test split reproduces
+    test = load_data(str(images), (1, 8, 8), split="test")
+    module = to_torch(TINY_SPEC)
+    module.load_state_dict(best["state_dict"])
+    with torch.no_grad():
+        expected = 100.0 * float((module.eval()(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean())
+    assert summary["test_samples"] == len(test) and summary["test_top1"] == pytest.approx(expected, abs=1e-3)
+    assert lines[-1].startswith(f"test top-1 {expected:.2f}% on {len(test)} held-out images")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,3 +209,30 @@ def test_resume_refuses_another_spec(
     copy.write_text("# a comment\n" + Path(TINY_SPEC).read_text())
     summary = train(str(copy), small_digits, run, epochs=2, resume=True, log=_quiet)
     assert summary["epochs"] == 2 and _load(run / "last.pt")["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# precision and layout
+
+
+def test_amp_and_channels_last(tmp_path: Path, small_digits: tuple[Dataset, Dataset]) -> None:
+    plain = train(TINY_SPEC, small_digits, tmp_path / "plain", epochs=1, batch_size=32, log=_quiet)
+    nhwc = train(
+        TINY_SPEC, small_digits, tmp_path / "nhwc", epochs=1, batch_size=32, channels_last=True, log=_quiet
+    )
+    efficient = train(
+        TINY_SPEC, small_digits, tmp_path / "eff", epochs=1, batch_size=32, memory_efficient=True, log=_quiet
+    )
+    a, b, c = (_load(tmp_path / name / "last.pt")["state_dict"] for name in ("plain", "nhwc", "eff"))
+    for key in a:  # the same arithmetic in another memory layout / on block buffers: fp32 rounding apart
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(c[key], a[key], rtol=1e-4, atol=1e-5)
+    assert nhwc["val_top1"] == pytest.approx(plain["val_top1"], abs=0.5)
+    assert efficient["val_top1"] == pytest.approx(plain["val_top1"], abs=0.5)
+    bf16 = train(TINY_SPEC, small_digits, tmp_path / "bf16", epochs=1, batch_size=32, amp="bf16", log=_quiet)
+    record = _load(tmp_path / "bf16" / "last.pt")
+    assert record["args"]["amp"] == "bf16" and 0.0 <= bf16["val_top1"] <= 100.0
+    assert all(v.dtype != torch.bfloat16 for v in record["state_dict"].values())  # fp32 master weights
+    with pytest.raises(DensegraphError, match="--amp fp16 needs a CUDA GPU"):
+        train(TINY_SPEC, small_digits, tmp_path / "fp16", epochs=1, amp="fp16", log=_quiet)
+    assert not (tmp_path / "fp16").exists()
