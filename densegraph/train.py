@@ -608,10 +608,12 @@ def _test_figure(
     workers: int | None,
 ) -> tuple[float | None, int]:
     """Top-1 of ``best.pt`` (chosen on val) on the test split; ``(None, 0)`` when there is none."""
-    if test_set is None or not best_path.is_file():
+    if test_set is None:
         return None, 0
     if dist.active:
-        torch.distributed.barrier()  # rank 0 has written best.pt
+        torch.distributed.barrier()  # rank 0 has written best.pt before any rank reads it
+    if not best_path.is_file():
+        return None, 0
     state = load_file(best_path)["state_dict"]
     best = copy.deepcopy(model)  # the trained model stays as it ended (last.pt)
     best.load_state_dict(state)

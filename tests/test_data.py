@@ -189,3 +189,19 @@ def test_data_loader_shuffles_by_seed_and_epoch() -> None:
     assert order(1) == order(1) and order(1) != order(2) and order(1, seed=1) != order(1)
     halves = order(3, rank=0, replicas=2) + order(3, rank=1, replicas=2)
     assert sorted(halves) == list(range(20))
+
+
+def test_explicit_splits_and_the_default_eval_split(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "train", {"a": 3, "b": 3})
+    _write_folder(tmp_path / "test", {"b": 2})
+    assert available_splits(tmp_path) == ("train", "test") and default_eval_split(tmp_path) == "test"
+    test = image_dataset(tmp_path, (1, 4, 4), split="test")
+    assert isinstance(test, ImageFiles) and len(test) == 2 and test.y.tolist() == [1, 1]
+    with pytest.raises(DataError, match="has no val split"):
+        image_dataset(tmp_path, (1, 4, 4), split="val")
+    _write_folder(tmp_path / "val", {"a": 1})
+    assert default_eval_split(tmp_path) == "test" and len(load_data(tmp_path, (1, 4, 4), split="all")) == 9
+    assert available_splits("digits") == ("train", "val", "test")
+    plain = tmp_path / "plain"
+    _write_folder(plain, {"a": 5})
+    assert default_eval_split(plain) == "test"

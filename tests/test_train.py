@@ -216,12 +216,15 @@ def test_resume_refuses_another_spec(
 
 
 def test_amp_and_channels_last(tmp_path: Path, small_digits: tuple[Dataset, Dataset]) -> None:
-    plain = train(TINY_SPEC, small_digits, tmp_path / "plain", epochs=1, batch_size=32, log=_quiet)
+    # no dropout: its masks are drawn in memory order, which channels_last changes
+    spec = tmp_path / "no-dropout.yaml"
+    spec.write_text(Path(TINY_SPEC).read_text().replace("dropout: 0.1", "dropout: 0.0"))
+    plain = train(str(spec), small_digits, tmp_path / "plain", epochs=1, batch_size=32, log=_quiet)
     nhwc = train(
-        TINY_SPEC, small_digits, tmp_path / "nhwc", epochs=1, batch_size=32, channels_last=True, log=_quiet
+        str(spec), small_digits, tmp_path / "nhwc", epochs=1, batch_size=32, channels_last=True, log=_quiet
     )
     efficient = train(
-        TINY_SPEC, small_digits, tmp_path / "eff", epochs=1, batch_size=32, memory_efficient=True, log=_quiet
+        str(spec), small_digits, tmp_path / "eff", epochs=1, batch_size=32, memory_efficient=True, log=_quiet
     )
     a, b, c = (_load(tmp_path / name / "last.pt")["state_dict"] for name in ("plain", "nhwc", "eff"))
     for key in a:  # the same arithmetic in another memory layout / on block buffers: fp32 rounding apart
