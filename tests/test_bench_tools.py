@@ -5,6 +5,7 @@ asserted: speed is judged by running them, not by a unit test.)"""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,19 @@ def test_bench_emit_times_emission_against_the_exporter_and_checks_both() -> Non
     ops = emission["ops"]
     assert ops["emit"] == {k: v for k, v in ops["trace"].items() if k != "Identity"}
     assert "torch.onnx.export" in result.stdout
+
+
+def test_bench_data_compares_the_streamed_and_in_memory_loaders(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_data.py"), "--images", "24", "--workers", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if line.split()[:1] in (["memory"], ["stream"])}
+    assert rows["memory"][1] == rows["stream"][1] == "24"  # both loaders scored every image
+    assert lines[-1].startswith("stream/memory: peak RSS ") and "top-1" in lines[-1]
