@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ._io import file_sha256, umask
 from .errors import CheckpointError, DensegraphError, Loc
@@ -181,6 +181,45 @@ def _cached(folder: Path, entry: PublishedWeights) -> Path | None:
     return None
 
 
+def _download(
+    entry: PublishedWeights,
+    url: str,
+    out: BinaryIO,
+    cache: Path,
+    progress: Callable[[int, int | None], None] | None,
+) -> tuple[str, str]:
+    """Stream ``url`` into ``out``, synced; returns its SHA-256 and the hub's linked etag (may be empty)."""
+    digest = hashlib.sha256()
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "densegraph"})
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            total = response.headers.get("Content-Length")
+            total_bytes = int(total) if total and total.isdigit() else None
+            linked = (response.headers.get("X-Linked-Etag") or "").strip('"').lower()
+            done = 0
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total_bytes)
+            out.flush()
+            os.fsync(out.fileno())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        if isinstance(exc, urllib.error.HTTPError):
+            reason = f"HTTP {exc.code} {exc.reason}"
+        raise DensegraphError(
+            f"cannot download the {entry.name} weights of {entry.spec} from {url}: {reason}",
+            hint=f"check the network, or put the published file at {cache / entry.filename}",
+        ) from None
+    if total_bytes is not None and done != total_bytes:
+        raise DensegraphError(
+            f"the download of {url} stopped after {done} of {total_bytes} bytes", hint="retry"
+        )
+    return digest.hexdigest(), linked
+
+
 def fetch_weights(
     entry: PublishedWeights,
     *,
@@ -210,36 +249,10 @@ def fetch_weights(
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{entry.filename}.", suffix=".part")
     try:
         os.chmod(tmp, 0o666 & ~umask())
-        digest = hashlib.sha256()
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "densegraph"})
-            with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, os.fdopen(fd, "wb") as out:
-                fd = -1
-                total = response.headers.get("Content-Length")
-                total_bytes = int(total) if total and total.isdigit() else None
-                linked = (response.headers.get("X-Linked-Etag") or "").strip('"').lower()
-                done = 0
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total_bytes)
-                out.flush()
-                os.fsync(out.fileno())
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-            if isinstance(exc, urllib.error.HTTPError):
-                reason = f"HTTP {exc.code} {exc.reason}"
-            raise DensegraphError(
-                f"cannot download the {entry.name} weights of {entry.spec} from {url}: {reason}",
-                hint=f"check the network, or put the published file at {cache / entry.filename}",
-            ) from None
-        if total_bytes is not None and done != total_bytes:
-            raise DensegraphError(
-                f"the download of {url} stopped after {done} of {total_bytes} bytes", hint="retry"
-            )
-        hexdigest = digest.hexdigest()
+        out = os.fdopen(fd, "wb")
+        fd = -1
+        with out:
+            hexdigest, linked = _download(entry, url, out, cache, progress)
         expected = None
         if not (entry.sha256_prefix or entry.sha256):
             if not re.fullmatch(r"[0-9a-f]{64}", linked):

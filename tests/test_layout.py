@@ -24,7 +24,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 KNOWN = {
     "size": {"densegraph.builder", "densegraph.lower.torch", "densegraph.spec", "densegraph.train"},
     "function": {
-        "densegraph.cli.build_parser",
+        "densegraph.cli._parser.build_parser",
         "densegraph.export.passes.tile_batch",
         "densegraph.export.quantize.quantize_onnx",
         "densegraph.graph.check_graph",
@@ -33,10 +33,8 @@ KNOWN = {
     },
     "cli-only": {
         "densegraph.bench",
-        "densegraph.evaluate",
         "densegraph.heatmap",
         "densegraph.lower.weights",
-        "densegraph.train",
     },
 }
 

@@ -171,9 +171,7 @@ def test_a_symlink_loop_as_weights(tmp_path: Path) -> None:
 
 def test_a_directory_as_weights(tmp_path: Path) -> None:
     (tmp_path / "w.pt").mkdir()
-    _refused_quickly(
-        tmp_path, *WEIGHTS_COMMANDS["import-weights"]("w.pt"), names="w.pt", says="is a folder"
-    )
+    _refused_quickly(tmp_path, *WEIGHTS_COMMANDS["import-weights"]("w.pt"), names="w.pt", says="is a folder")
 
 
 def test_a_fifo_as_int8_calibration_data(tmp_path: Path) -> None:
