@@ -38,7 +38,7 @@ def check_fits(
     needed: int, what: str, *, loc: Loc | None = None, hint: str | None = None, available: int | None = None
 ) -> None:
     """Raise :class:`DensegraphError` when ``needed`` bytes exceed the memory available (``available``, or
-    :func:`available_bytes`); ``what`` says what needs them (``"--batch 1000000000"``)."""
+    :func:`available_bytes`); ``what`` says what needs them (``"--batch-sizes 1000000000"``)."""
     have = available_bytes() if available is None else available
     if have is not None and needed > have:
         raise DensegraphError(

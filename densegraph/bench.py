@@ -47,7 +47,7 @@ def model_kind(path: str) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """``densegraph bench MODEL [--batch 1,8] [--iters N] [--warmup N] [--frozen] [--device D] [--json]``."""
+    """``densegraph bench MODEL [--batch-sizes 1,8] [--iters N] [--warmup N] [--frozen] [--device D] [--json]``."""
     kind = model_kind(args.model)
     what = {"spec": "spec file", "onnx": "ONNX model", "engine": "TensorRT engine"}[kind]
     check_regular(args.model, what=what, missing_hint=f"check the path to the {what}")
@@ -80,7 +80,7 @@ def _bench_torch(args: argparse.Namespace) -> dict[str, Any]:
 
     graph = build_graph(load_spec(args.model))
     device = torch.device(_torch_device(args.device))
-    largest = max(args.batch)
+    largest = max(args.batch_sizes)
     _check_batch_fits(
         peak_activation_bytes(graph, largest),
         largest,
@@ -113,7 +113,7 @@ def _bench_torch(args: argparse.Namespace) -> dict[str, Any]:
 
         return run
 
-    rows = time_batches(run_for, args.batch, iters=args.iters, warmup=args.warmup)
+    rows = time_batches(run_for, args.batch_sizes, iters=args.iters, warmup=args.warmup)
     return {
         "backend": "pytorch" + (" (frozen)" if args.frozen else ""),
         "device": str(device),
@@ -151,11 +151,11 @@ def _bench_onnx(args: argparse.Namespace) -> dict[str, Any]:
     model = onnx_image_model(args.model, list(providers))
     session = model.session
     fixed = model.fixed_batch
-    if fixed is not None and any(b != fixed for b in args.batch):
+    if fixed is not None and any(b != fixed for b in args.batch_sizes):
         raise DensegraphError(
-            f"the model takes a fixed batch of {fixed}", loc=Loc(args.model), hint=f"pass --batch {fixed}"
+            f"the model takes a fixed batch of {fixed}", loc=Loc(args.model), hint=f"pass --batch-sizes {fixed}"
         )
-    largest = max(args.batch)
+    largest = max(args.batch_sizes)
     # the random batch is drawn in float64, then cast to the input's type
     _check_batch_fits(
         largest * int(np.prod(model.chw)) * (8 + np.dtype(model.dtype).itemsize),
@@ -170,7 +170,7 @@ def _bench_onnx(args: argparse.Namespace) -> dict[str, Any]:
         x = rng.standard_normal((batch, *model.chw)).astype(model.dtype)
         return lambda: model(x)
 
-    rows = time_batches(run_for, args.batch, iters=args.iters, warmup=args.warmup)
+    rows = time_batches(run_for, args.batch_sizes, iters=args.iters, warmup=args.warmup)
     return {
         "backend": "onnxruntime",
         "provider": session.get_providers()[0],
@@ -187,9 +187,9 @@ def _check_batch_fits(needed: int, batch: int, model: str, what: str, available:
 
     check_fits(
         needed,
-        f"--batch {batch} ({what})",
+        f"--batch-sizes {batch} ({what})",
         loc=Loc(model),
-        hint="bench a smaller --batch",
+        hint="bench smaller --batch-sizes",
         available=available,
     )
 
@@ -211,7 +211,7 @@ def _bench_engine(args: argparse.Namespace) -> dict[str, Any]:
     if args.device == "cpu":
         raise DensegraphError("TensorRT engines run on the GPU only", hint="drop --device cpu")
     with EngineRunner(args.model) as runner:
-        rows = bench_engine(runner, args.batch, iters=args.iters, warmup=args.warmup)
+        rows = bench_engine(runner, args.batch_sizes, iters=args.iters, warmup=args.warmup)
         return {
             "backend": "tensorrt",
             "device": str(runner.device),

@@ -43,7 +43,7 @@ def check_rows(report: dict[str, Any], batches: list[int]) -> None:
 
 
 def test_onnx_in_onnxruntime(capsys: pytest.CaptureFixture[str], tiny_onnx: Path) -> None:
-    report = bench_json(capsys, str(tiny_onnx), "--batch", "1,3")
+    report = bench_json(capsys, str(tiny_onnx), "--batch-sizes", "1,3")
     assert report["backend"] == "onnxruntime" and report["provider"] == "CPUExecutionProvider"
     assert (report["precision"], report["input_shape"], report["iters"], report["warmup"]) == (
         "fp32",
@@ -56,7 +56,7 @@ def test_onnx_in_onnxruntime(capsys: pytest.CaptureFixture[str], tiny_onnx: Path
 
 def test_spec_in_pytorch_plain_and_frozen(capsys: pytest.CaptureFixture[str]) -> None:
     for flags, backend in (([], "pytorch"), (["--frozen"], "pytorch (frozen)")):
-        report = bench_json(capsys, TINY_SPEC, "--batch", "2", "--device", "cpu", *flags)
+        report = bench_json(capsys, TINY_SPEC, "--batch-sizes", "2", "--device", "cpu", *flags)
         assert (report["backend"], report["device"], report["threads"]) == (backend, "cpu", 1)
         check_rows(report, [2])
 
@@ -66,7 +66,7 @@ def test_spec_with_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
 
     weights = tmp_path / "w.pth"
     torch.save(to_torch(TINY_SPEC, seed=3).state_dict(), weights)
-    check_rows(bench_json(capsys, TINY_SPEC, "--weights", str(weights), "--batch", "1"), [1])
+    check_rows(bench_json(capsys, TINY_SPEC, "--weights", str(weights), "--batch-sizes", "1"), [1])
 
 
 def test_engine_through_the_tensorrt_runner(
@@ -96,14 +96,14 @@ def test_engine_through_the_tensorrt_runner(
 
     monkeypatch.setattr(trt_backend, "EngineRunner", Runner)
     monkeypatch.setattr(trt_backend, "bench_engine", bench_engine)
-    report = bench_json(capsys, str(engine), "--batch", "1,8")
+    report = bench_json(capsys, str(engine), "--batch-sizes", "1,8")
     assert seen == {"path": engine, "args": ([1, 8], 2, 1), "closed": True}
     assert (report["backend"], report["device"], report["precision"]) == ("tensorrt", "cuda:0", "fp16")
     check_rows(report, [1, 8])
 
 
 def test_table_output(capsys: pytest.CaptureFixture[str], tiny_onnx: Path) -> None:
-    assert main(["bench", str(tiny_onnx), "--batch", "1", "--iters", "2", "--warmup", "0"]) == 0
+    assert main(["bench", str(tiny_onnx), "--batch-sizes", "1", "--iters", "2", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     for heading in ("batch", "median ms", "p90 ms", "images/s", "onnxruntime"):
         assert heading in out
@@ -124,7 +124,7 @@ def test_time_batches_counts_calls() -> None:
         (["{onnx}", "--weights", "w.pth"], "--weights applies only to a spec"),
         (["{onnx}", "--frozen"], "--frozen applies only to a spec"),
         (["{onnx}", "--iters", "0"], "--iters must be >= 1"),
-        (["{onnx}", "--batch", "2", "--device", "cuda"], "no CUDA or TensorRT execution provider"),
+        (["{onnx}", "--batch-sizes", "2", "--device", "cuda"], "no CUDA or TensorRT execution provider"),
         ([TINY_SPEC, "--device", "cuda"], "no CUDA GPU is visible"),
     ],
 )

@@ -284,7 +284,7 @@ def test_batch_tiled_build_reproduces_torchvision(
 
 def test_batch_tile_scope() -> None:
     """What each --batch-tile setting proposes: nothing by default, N as asked, and for auto a cache-sized
-    candidate only where onnxruntime runs the model on the CPU and a tile would be smaller than --batch's MAX."""
+    candidate only where onnxruntime runs the model on the CPU and a tile would be smaller than --batch-range's MAX."""
     from densegraph.export.tiling import choose_batch_tile
     from densegraph.graph import graph_of
     from densegraph.spec import load_spec
@@ -297,7 +297,7 @@ def test_batch_tile_scope() -> None:
     assert choose_batch_tile(densenet121, "auto", precision="int8") == 5
     for kwargs in ({"precision": "fp16"}, {"target": "tensorrt"}, {"plain": True}):
         assert choose_batch_tile(densenet121, "auto", **kwargs) is None, kwargs  # type: ignore[arg-type]
-    assert choose_batch_tile(tiny, "auto") is None  # 128 samples a tile: more than --batch's MAX of 32
+    assert choose_batch_tile(tiny, "auto") is None  # 128 samples a tile: more than --batch-range's MAX of 32
     assert choose_batch_tile(tiny, "auto", max_batch=256) == 128
 
 
@@ -307,7 +307,7 @@ def test_auto_batch_tiling_keeps_only_a_faster_model(
     """``--batch-tile auto`` times its candidate against the untiled model on this machine and keeps the faster:
     a tile of 128 samples at the timed batch of 8 pads every call to 16 times the work, so it loses here."""
     auto = tmp_path / "auto"
-    argv = [TINY_SPEC, "--weights", WEIGHTS, "--batch-tile", "auto", "--batch", "1:8:256"]
+    argv = [TINY_SPEC, "--weights", WEIGHTS, "--batch-tile", "auto", "--batch-range", "1:8:256"]
     assert build(capsys, *argv, "-o", str(auto))[0] == 0
     manifest = json.loads((auto / "manifest.json").read_text())
     tiling = manifest["batch_tiling"]
@@ -651,7 +651,7 @@ def test_tensorrt_target_builds_the_engine_in_the_output_folder(
         "tensorrt",
         "--precision",
         "fp16",
-        "--batch",
+        "--batch-range",
         "2:4:16",
         "--dla",
         "1",

@@ -24,7 +24,6 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 KNOWN = {
     "size": {"densegraph.builder", "densegraph.lower.torch", "densegraph.spec", "densegraph.train"},
     "function": {
-        "densegraph.cli._parser.build_parser",
         "densegraph.export.passes.tile_batch",
         "densegraph.export.quantize.quantize_onnx",
         "densegraph.graph.check_graph",

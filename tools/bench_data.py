@@ -12,7 +12,7 @@ in a fresh process so that its peak RSS is its own:
 Both score every image (``--split all``) with the same model; the top-1 of the two must agree. Prints peak RSS
 (MiB) and images/s of each and the ratios stream/memory (targets: RSS <= 0.2x, throughput >= 1x).
 
-    python tools/bench_data.py [--images 6000] [--workers N] [--batch 64] [--keep DIR]
+    python tools/bench_data.py [--images 6000] [--workers N] [--batch-size 64] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1) - 1)))
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch-size", dest="batch", type=int, default=64)
     parser.add_argument("--keep", type=Path, help="generate (or reuse) the folder here and keep it")
     args = parser.parse_args()
 

@@ -1,7 +1,7 @@
 """Inference latency of every densegraph inference path against its plain counterpart, measured in one run.
 
     python tools/bench_infer.py                               # densenet121 224x224, batch 1 and 8, 2 threads
-    python tools/bench_infer.py --batches 8 --iters 15 --digits
+    python tools/bench_infer.py --batch-sizes 8 --iters 15 --digits
     python tools/bench_infer.py --spec specs/cifar/densenet-bc-l100-k12.yaml --size 32 --profile
 
 Contenders (all fp32 unless said; the same weights: seeded init with non-trivial BatchNorm statistics):
@@ -361,7 +361,7 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="specs/densenet121.yaml")
     parser.add_argument("--size", type=int, default=None, help="input side (default: the spec's)")
-    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--batch-sizes", dest="batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--iters", type=int, default=20, help="timed onnxruntime rounds per batch size")
     parser.add_argument("--eager-iters", type=int, default=8, help="timed PyTorch rounds per batch size")
     parser.add_argument("--warmup", type=int, default=1)

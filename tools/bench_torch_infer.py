@@ -1,7 +1,7 @@
 """Eval latency of the plain PyTorch lowering against ``freeze(module)``, measured side by side.
 
     python tools/bench_torch_infer.py                      # densenet121, 224x224, batch 1 and 8, 2 threads
-    python tools/bench_torch_infer.py --iters 3 --batch 8 --spec specs/densenet121.yaml --size 224
+    python tools/bench_torch_infer.py --iters 3 --batch-sizes 8 --spec specs/densenet121.yaml --size 224
     python tools/bench_torch_infer.py --ablate             # also each rewrite left out in turn
     python tools/bench_torch_infer.py --profile            # torch.profiler table and the convolution floor
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="specs/densenet121.yaml")
     parser.add_argument("--size", type=int, default=None, help="input side (default: the spec's)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch-sizes", dest="batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--iters", type=int, default=5, help="rounds over the contenders")
     parser.add_argument("--repeat", type=int, default=3, help="calls per contender per round (first untimed)")
     parser.add_argument("--threads", type=int, default=2)

@@ -5,7 +5,7 @@ timed SGD steps of the training loop `densegraph train` runs (``densegraph.train
 224x224 images). Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak RSS on CPU.
 Prints each mode's median step time and peak memory and their ratios against fp32 measured in the same run.
 
-    python tools/bench_train_amp.py [--device cpu|cuda] [--iters 3] [--warmup 1] [--batch 16] [--threads N]
+    python tools/bench_train_amp.py [--device cpu|cuda] [--iters 3] [--warmup 1] [--batch-size 16] [--threads N]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch-size", dest="batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--spec", default=str(ROOT / "specs" / "densenet121.yaml"))
     args = parser.parse_args()

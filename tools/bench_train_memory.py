@@ -1,7 +1,7 @@
 """Peak memory and step time of one SGD step: plain lowering, per-layer checkpointing, ``memory_efficient=True``.
 
     python tools/bench_train_memory.py                      # densenet121, batch 16, 224x224, 3 timed steps
-    python tools/bench_train_memory.py --batch 4 --size 64 --steps 2 --spec specs/densenet121.yaml
+    python tools/bench_train_memory.py --batch-size 4 --size 64 --steps 2 --spec specs/densenet121.yaml
 
 Contenders, each in a subprocess of its own (its peak RSS over its base, taken after the model, optimizer and
 batch exist):
@@ -126,7 +126,7 @@ def _worker(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="specs/densenet121.yaml")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch-size", dest="batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=None, help="input side (default: the spec's)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--rounds", type=int, default=1)
@@ -147,7 +147,7 @@ def main() -> None:
                 name,
                 "--spec",
                 args.spec,
-                "--batch",
+                "--batch-size",
                 str(args.batch),
             ]
             cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]

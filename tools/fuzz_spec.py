@@ -67,7 +67,9 @@ def fuzz(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300, help="wall-clock budget (default 300)")
-    parser.add_argument("--batch", type=int, default=1000, help="examples per hypothesis run (default 1000)")
+    parser.add_argument(
+        "--examples", dest="batch", type=int, default=1000, help="examples per hypothesis run (default 1000)"
+    )
     args = parser.parse_args(argv)
     start, cpu = time.monotonic(), time.process_time()
     outcomes, failures = fuzz(args.seconds, batch=args.batch)

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import NoReturn
 
 EXIT_USER_ERROR = 2
+
+# Flags that were renamed so that each says one thing; their old spelling gets the new one as its hint.
+_RENAMED = {"--batch": "--batch-range MIN:OPT:MAX on build and engine, --batch-sizes 1,8 on bench"}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with its refusals on one line, like every other densegraph error (exit status 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(
-            EXIT_USER_ERROR, f"{self.prog}: error: {message} (hint: `{self.prog} --help` lists the options)\n"
-        )
+        hint = f"`{self.prog} --help` lists the options"
+        if message.startswith("unrecognized arguments:"):
+            for old, new in _RENAMED.items():
+                if re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", message):
+                    hint = f"{old} is now {new}"
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (hint: {hint})\n")
 
 
 def _finite_positive_float(text: str) -> float:

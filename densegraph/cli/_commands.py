@@ -69,7 +69,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         target=args.target,
         calib=args.calib,
         calib_samples=args.calib_samples,
-        batch=tuple(args.batch),
+        batch=tuple(args.batch_range),
         opset=args.opset,
         plain=args.plain,
         batch_tile=args.batch_tile,
@@ -237,7 +237,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         raise DensegraphError(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
     options = EngineOptions(
         precision=args.precision or inspect_onnx(args.onnx).precision,
-        batch=tuple(args.batch),
+        batch=tuple(args.batch_range),
         workspace_gib=args.workspace,
         dla_core=args.dla,
         timing_cache=args.timing_cache,

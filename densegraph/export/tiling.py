@@ -44,7 +44,7 @@ def choose_batch_tile(
     """The batch tile a build tries (``--batch-tile`` is ``setting``), or ``None`` for none.
 
     ``auto`` proposes a tile only for what onnxruntime runs on the CPU (fp32 and int8, ``--target onnx``) and
-    only when a tile would be smaller than ``max_batch`` (``--batch``'s MAX); fp16 is a GPU precision and
+    only when a tile would be smaller than ``max_batch`` (``--batch-range``'s MAX); fp16 is a GPU precision and
     TensorRT takes whole batches; ``plain`` applies no rewrite at all.
     """
     if setting == "off":

@@ -643,7 +643,7 @@ def test_cli_engine_subcommand(tmp_path: Path, trt: Any, capsys: pytest.CaptureF
             str(tmp_path / "e" / "net.engine"),
             "--precision",
             "int8",
-            "--batch",
+            "--batch-range",
             "2:4:8",
         ]
     )
@@ -760,7 +760,7 @@ def test_build_script_on_trt11_refuses_fp16_from_fp32_and_falls_back_to_python(t
     assert (
         log.read_text().split()
         == textwrap.dedent(
-            "-m densegraph engine model.onnx -o model.engine --precision fp16 --batch 1:8:32 --workspace 0.5"
+            "-m densegraph engine model.onnx -o model.engine --precision fp16 --batch-range 1:8:32 --workspace 0.5"
         ).split()
     )
 
@@ -778,7 +778,8 @@ def test_engine_command_infers_the_precision_from_the_onnx(tmp_path: Path, trt: 
     onnx = model(tmp_path, "fp16")
     engine = tmp_path / "model.engine"
     assert (
-        main(["engine", str(onnx), "-o", str(engine), "--batch", "1:2:4", "--no-verify", "--no-bench"]) == 0
+        main(["engine", str(onnx), "-o", str(engine), "--batch-range", "1:2:4", "--no-verify", "--no-bench"])
+        == 0
     )
     sidecar = read_sidecar(tmp_path / "model.engine")
     assert sidecar is not None and sidecar["precision"] == "fp16" and "verification" not in sidecar

@@ -404,7 +404,20 @@ def test_engine_command_builds_verifies_and_benches(
     onnx = model(tmp_path, "int8")
     engine = tmp_path / "e" / "net.engine"
     assert (
-        main(["engine", str(onnx), "-o", str(engine), "--batch", "1:2:4", "--iters", "2", "--warmup", "0"])
+        main(
+            [
+                "engine",
+                str(onnx),
+                "-o",
+                str(engine),
+                "--batch-range",
+                "1:2:4",
+                "--iters",
+                "2",
+                "--warmup",
+                "0",
+            ]
+        )
         == 0
     )
     out = capsys.readouterr().out

@@ -105,7 +105,7 @@ MODELS: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
 def _command(kind: str, model: Path) -> list[object]:
     if kind == "eval":
         return ["eval", model, "--data", "digits"]
-    return ["bench", model, "--batch", "1", "--iters", "1", "--warmup", "0", "--device", "cpu"]
+    return ["bench", model, "--batch-sizes", "1", "--iters", "1", "--warmup", "0", "--device", "cpu"]
 
 
 @pytest.mark.parametrize("kind", ["eval", "bench"])
@@ -141,9 +141,9 @@ def test_bench_refuses_a_batch_whose_input_alone_cannot_fit(tmp_path: Path) -> N
     model = tmp_path / "good.onnx"
     onnx.save(good(), model)
     before = snapshot(tmp_path)
-    result = run_cli("bench", model, "--batch", "1000000000", "--device", "cpu")
+    result = run_cli("bench", model, "--batch-sizes", "1000000000", "--device", "cpu")
     # 10^9 samples of 64 values, drawn in float64 and cast to float32
     assert_refused(
-        result, names=model, says="--batch 1000000000 (its input batch alone) needs at least 715.3 GiB"
+        result, names=model, says="--batch-sizes 1000000000 (its input batch alone) needs at least 715.3 GiB"
     )
     assert snapshot(tmp_path) == before

@@ -103,7 +103,9 @@ def test_bench_and_build_refuse_nan_weights_by_name(state: dict[str, torch.Tenso
     weights = _save_with(state, tmp_path / "nan.pt", _with_nan)
     says = BAD_TENSORS["nan"][1]
     before = snapshot(tmp_path)
-    bench = run_main("bench", TINY, "--weights", weights, "--batch", "1", "--iters", "1", "--warmup", "0")
+    bench = run_main(
+        "bench", TINY, "--weights", weights, "--batch-sizes", "1", "--iters", "1", "--warmup", "0"
+    )
     assert_refused(bench, names=weights, says=says)
     build = run_main("build", TINY, "--weights", weights, "-o", tmp_path / "out")
     assert_refused(build, names=weights, says=says)
@@ -268,13 +270,13 @@ def _flag_cases(tmp: Path) -> list[tuple[list[object], str]]:
         (["engine", onnx, "-o", tmp / "m.engine", "--workspace", "nan"], "argument --workspace"),
         (["engine", onnx, "-o", tmp / "m.engine", "--dla", "-1"], "argument --dla: expected an integer >= 0"),
         (
-            ["build", TINY, "-o", tmp / "out", "--batch", f"1:8:{2**40}"],
-            "argument --batch: expected MIN:OPT:MAX",
+            ["build", TINY, "-o", tmp / "out", "--batch-range", f"1:8:{2**40}"],
+            "argument --batch-range: expected MIN:OPT:MAX",
         ),
         (["eval", TINY, "--weights", onnx, "--data", "digits", "--batch-size", "0"], "--batch-size must be"),
         (["bench", TINY, "--iters", "0"], "--iters must be >= 1"),
         (["bench", TINY, "--warmup", "-1"], "--warmup >= 0"),
-        (["bench", TINY, "--batch", "0"], "argument --batch: expected positive integers"),
+        (["bench", TINY, "--batch-sizes", "0"], "argument --batch-sizes: expected positive integers"),
     ]
 
 
@@ -378,8 +380,8 @@ def test_bench_refuses_a_batch_the_machine_cannot_hold(tmp_path: Path) -> None:
 
     needed = human_bytes(peak_activation_bytes(graph_of(TINY), 10**9))
     before = snapshot(tmp_path)
-    result = run_main("bench", TINY, "--batch", "1,1000000000", "--iters", "1", "--warmup", "0")
-    assert_refused(result, names=TINY, says="--batch 1000000000 (the busiest node's feature maps")
+    result = run_main("bench", TINY, "--batch-sizes", "1,1000000000", "--iters", "1", "--warmup", "0")
+    assert_refused(result, names=TINY, says="--batch-sizes 1000000000 (the busiest node's feature maps")
     assert f"needs at least {needed} of memory" in result.stderr
     assert snapshot(tmp_path) == before
 
@@ -407,5 +409,7 @@ def test_check_fits_names_what_needs_the_memory() -> None:
     have = available_bytes()
     assert have is not None and have > 0
     check_fits(1, "one byte")
-    with pytest.raises(DensegraphError, match=r"--batch 9 needs at least 2\.0 GiB of memory, .* 1\.0 GiB"):
-        check_fits(2 << 30, "--batch 9", loc=Loc("m.onnx"), available=1 << 30)
+    with pytest.raises(
+        DensegraphError, match=r"--batch-sizes 9 needs at least 2\.0 GiB of memory, .* 1\.0 GiB"
+    ):
+        check_fits(2 << 30, "--batch-sizes 9", loc=Loc("m.onnx"), available=1 << 30)

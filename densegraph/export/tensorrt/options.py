@@ -60,7 +60,7 @@ class EngineOptions:
             raise DensegraphError(
                 f"the ONNX input has a fixed batch of {static}, but the batch range is {self.batch}",
                 path=info.path,
-                hint=f"export with a dynamic batch, or pass --batch {static}:{static}:{static}",
+                hint=f"export with a dynamic batch, or pass --batch-range {static}:{static}:{static}",
             )
         return replace(self, input_name=info.input_name, input_chw=info.chw, static_batch=static is not None)
 

@@ -129,7 +129,7 @@ def _python_args(onnx: str, engine: str, options: EngineOptions, timing_cache: s
         engine,
         "--precision",
         options.precision,
-        "--batch",
+        "--batch-range",
         f"{lo}:{opt}:{hi}",
     ]
     if options.workspace_gib is not None:
