@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -90,8 +90,8 @@ def _batches(data: Dataset | ImageFiles, batch_size: int, workers: int | None, p
     from .data import default_workers
 
     count = default_workers() if workers is None else workers
-    loader = DataLoader(
-        data,
+    loader: DataLoader[Any] = DataLoader(
+        cast(Any, data),  # a map-style dataset: __len__ and __getitem__ (ImageFiles) or a Dataset's arrays
         batch_size=batch_size,
         shuffle=False,
         num_workers=count,

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -272,7 +272,7 @@ def _evaluate(
 
         count = default_workers() if workers is None else workers
         batches = DataLoader(
-            data.subset(index),
+            cast(Any, data.subset(index)),  # map-style: __len__ and __getitem__
             batch_size=batch_size,
             num_workers=count,
             pin_memory=device.type == "cuda",
@@ -741,7 +741,7 @@ def train(
         _seed_all(seed)
         model = to_torch(graph, memory_efficient=memory_efficient, seed=seed).to(torch_device)
         if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
         optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True
         )

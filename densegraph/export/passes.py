@@ -87,9 +87,9 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
         return helper.make_tensor_value_info(name, tensor.elem_type, dims)
 
     body_nodes = []
-    for node in graph.node:
+    for source in graph.node:
         copy = onnx.NodeProto()
-        copy.CopyFrom(node)
+        copy.CopyFrom(source)
         for i, name in enumerate(copy.input):
             copy.input[i] = local.get(name, name)
         for i, name in enumerate(copy.output):
