@@ -153,7 +153,9 @@ def _bench_onnx(args: argparse.Namespace) -> dict[str, Any]:
     fixed = model.fixed_batch
     if fixed is not None and any(b != fixed for b in args.batch_sizes):
         raise DensegraphError(
-            f"the model takes a fixed batch of {fixed}", loc=Loc(args.model), hint=f"pass --batch-sizes {fixed}"
+            f"the model takes a fixed batch of {fixed}",
+            loc=Loc(args.model),
+            hint=f"pass --batch-sizes {fixed}",
         )
     largest = max(args.batch_sizes)
     # the random batch is drawn in float64, then cast to the input's type

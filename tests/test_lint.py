@@ -26,7 +26,9 @@ def _run(package: str, *args: str) -> None:
         installed = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         pytest.skip(f"{package} is not installed (pip install -e '.[cpu,dev]')")
-    assert installed == _pinned(package), f"{package} {installed} installed, pyproject.toml pins {_pinned(package)}"
+    assert installed == _pinned(package), (
+        f"{package} {installed} installed, pyproject.toml pins {_pinned(package)}"
+    )
     done = subprocess.run([sys.executable, "-m", package, *args], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, f"{package} {' '.join(args)}:\n{done.stdout[-6000:]}{done.stderr[-2000:]}"
 
