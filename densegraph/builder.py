@@ -439,8 +439,17 @@ def _references(module: nn.Module, graph: nx.DiGraph, options: BuildOptions) -> 
     import torch
 
     inputs = parity_inputs(tuple(graph.graph["input_shape"]), PARITY_BATCHES)
-    with torch.inference_mode():
-        references = [module(torch.from_numpy(x)).numpy() for x in inputs]
+    # One thread: the reference is a correctness check of a few GMACs. On an idle 2-core machine a second
+    # thread saves ~0.6 s on densenet169; on a shared one PyTorch's OpenMP threads spin-wait for each other:
+    # 38-40 s wall (12 s CPU) at 2 threads against 5.6-8.5 s (1.4-1.9 s CPU) at 1, measured side by side at
+    # load 5-8 (docs/performance.md).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            references = [module(torch.from_numpy(x)).numpy() for x in inputs]
+    finally:
+        torch.set_num_threads(previous)
     if not all(np.all(np.isfinite(r)) for r in references):
         raise BuildError(
             "the PyTorch model's outputs are not finite (NaN or inf) on random inputs",
