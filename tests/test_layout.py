@@ -22,13 +22,10 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 # Where the package does not meet the rules yet (issue 16's split is under way): a ratchet, not a waiver. A new
 # violation fails; an entry here that no longer violates fails too, so the list only shrinks.
 KNOWN = {
-    "size": {"densegraph.builder", "densegraph.lower.torch", "densegraph.spec", "densegraph.train"},
+    "size": {"densegraph.builder", "densegraph.lower.torch", "densegraph.spec"},
     "function": {
-        "densegraph.export.passes.tile_batch",
-        "densegraph.export.quantize.quantize_onnx",
         "densegraph.graph.check_graph",
         "densegraph.spec._validate",
-        "densegraph.train.train",
     },
     "cli-only": {
         "densegraph.bench",

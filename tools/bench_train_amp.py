@@ -1,7 +1,7 @@
 """Training step time and peak memory of densenet121 (batch 16) under fp32, bf16/fp16 autocast and channels_last.
 
 Each mode runs in its own process (so that its peak memory is its own): ``--warmup`` steps, then ``--iters``
-timed SGD steps of the training loop `densegraph train` runs (``densegraph.train._train_epoch`` on random
+timed SGD steps of the training loop `densegraph train` runs (``densegraph.training.loop.train_epoch`` on random
 224x224 images). Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak RSS on CPU.
 Prints each mode's median step time and peak memory and their ratios against fp32 measured in the same run.
 
@@ -25,13 +25,13 @@ spec, device, batch, iters, warmup, threads, amp, channels_last, mem_eff = sys.a
 if int(threads):
     torch.set_num_threads(int(threads))
 from densegraph.lower.torch import to_torch
-from densegraph.train import _Precision, _check_precision, _train_epoch
+from densegraph.training.loop import check_precision, train_epoch
 dev = torch.device(device)
 torch.manual_seed(0)
 model = to_torch(spec, seed=0, memory_efficient=mem_eff == "1").to(dev)
 if channels_last == "1":
     model = model.to(memory_format=torch.channels_last)
-precision = _check_precision(None if amp == "fp32" else amp, channels_last == "1", dev)
+precision = check_precision(None if amp == "fp32" else amp, channels_last == "1", dev)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x = torch.randn(int(batch), 3, 224, 224)
 y = torch.randint(0, 1000, (int(batch),))
@@ -40,7 +40,7 @@ for step in range(int(warmup) + int(iters)):
     if dev.type == "cuda":
         torch.cuda.synchronize()
     tic = time.perf_counter()
-    _train_epoch(model, [(x, y)], optimizer, dev, 0, torch.Generator(), lambda loss: None, precision)
+    train_epoch(model, [(x, y)], optimizer, dev, 0, torch.Generator(), lambda loss: None, precision)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     if step >= int(warmup):

@@ -67,16 +67,38 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
         return PassResult(model, 0)
     model = _copy(model)
     graph = model.graph
+    source = _batch_input(model)
+    outputs = list(graph.output)
+    body = _scan_body(graph, source, outputs, tile)
+    outer = _tiled_nodes(source.name, outputs, body)
+    constants = _tiling_constants(len(source.type.tensor_type.shape.dim), tile)
+    del graph.node[:]
+    graph.node.extend(outer)
+    del graph.initializer[:]
+    graph.initializer.extend(constants)
+    del graph.value_info[:]  # the body's shapes are inferred anew (a tile's batch is not the model's)
+    _set_metadata(model, TILE_KEY, str(tile))
+    return PassResult(model, 1)
+
+
+def _batch_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The model's one input (initializers listed as inputs aside), its batch dimension dynamic."""
     inits = _initializers(model)
-    inputs = [v for v in graph.input if v.name not in inits]
+    inputs = [v for v in model.graph.input if v.name not in inits]
     if len(inputs) != 1 or not inputs[0].type.tensor_type.shape.dim:
         raise ValueError("tile_batch needs a model with one batch-leading input")
     batch = inputs[0].type.tensor_type.shape.dim[0]
     if batch.HasField("dim_value"):
         raise ValueError(f"the input's batch dimension is fixed ({batch.dim_value}): nothing to tile")
-    images = inputs[0].name
-    outputs = list(graph.output)
-    local = {name: _TILE + name for name in (images, *(o.name for o in outputs))}
+    return inputs[0]
+
+
+def _scan_body(
+    graph: onnx.GraphProto, source: onnx.ValueInfoProto, outputs: list[onnx.ValueInfoProto], tile: int
+) -> onnx.GraphProto:
+    """The model's nodes and weights as the scan's body: one tile in, each output of that tile out (the
+    graph's input and outputs renamed under ``_TILE``, the names the outer graph keeps for itself)."""
+    local = {name: _TILE + name for name in (source.name, *(o.name for o in outputs))}
 
     def tile_type(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
         """``value``'s type with a batch of exactly ``tile``."""
@@ -87,21 +109,28 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
         return helper.make_tensor_value_info(name, tensor.elem_type, dims)
 
     body_nodes = []
-    for source in graph.node:
+    for node in graph.node:
         copy = onnx.NodeProto()
-        copy.CopyFrom(source)
+        copy.CopyFrom(node)
         for i, name in enumerate(copy.input):
             copy.input[i] = local.get(name, name)
         for i, name in enumerate(copy.output):
             copy.output[i] = local.get(name, name)
         body_nodes.append(copy)
-    body = helper.make_graph(
+    return helper.make_graph(
         body_nodes,
         _TILE + "body",
-        [tile_type(inputs[0], local[images])],
+        [tile_type(source, local[source.name])],
         [tile_type(out, local[out.name]) for out in outputs],
         initializer=list(graph.initializer),
     )
+
+
+def _tiled_nodes(
+    images: str, outputs: list[onnx.ValueInfoProto], body: onnx.GraphProto
+) -> list[onnx.NodeProto]:
+    """The outer graph: pad the batch to whole tiles, scan ``body`` over them, and cut each stacked output
+    back to the batch (the constants it reads are :func:`_tiling_constants`)."""
 
     def node(op: str, ins: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
         return helper.make_node(
@@ -144,8 +173,12 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
                 name=_TILE + "cut/" + out.name,
             ),
         ]
-    rank = len(inputs[0].type.tensor_type.shape.dim)
-    outer_constants = [
+    return outer
+
+
+def _tiling_constants(rank: int, tile: int) -> list[onnx.TensorProto]:
+    """The int64 constants the outer graph reads, for an input of ``rank`` dimensions."""
+    return [
         numpy_helper.from_array(np.array(value, np.int64), _TILE + name)
         for name, value in (
             ("zero", [0]),
@@ -159,13 +192,6 @@ def tile_batch(model: onnx.ModelProto, tile: int) -> PassResult:
             ("last_axis", [1] + [0] * (rank - 1)),
         )
     ]
-    del graph.node[:]
-    graph.node.extend(outer)
-    del graph.initializer[:]
-    graph.initializer.extend(outer_constants)
-    del graph.value_info[:]  # the body's shapes are inferred anew (a tile's batch is not the model's)
-    _set_metadata(model, TILE_KEY, str(tile))
-    return PassResult(model, 1)
 
 
 def untile_batch(model: onnx.ModelProto) -> PassResult:

@@ -80,7 +80,6 @@ def quantize_onnx(
     form, types, calibration, rewrites and the op counts.
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if form not in FORMS:
@@ -91,15 +90,8 @@ def quantize_onnx(
     model = onnx.load(os.fspath(fp32_model_path))
     calib = _check_calibration(calib, model)
     reduce_range = (form == "cpu") if reduce_range is None else bool(reduce_range)
-
     if form == "cpu":
-        left = sorted({n.op_type for n in model.graph.node} & {"BatchNormalization", "AveragePool"})
-        if left:
-            raise ValueError(
-                f"the cpu form quantizes BN-ReLU and pooling as int8 convs, but the model has {left}: "
-                "emit it with densegraph.passes.INT8_CPU_PASSES"
-            )
-
+        _check_cpu_form(model)
     method = _calibration_method(calibrate_method)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,46 +104,47 @@ def quantize_onnx(
         quant_pre_process(work / "passes.onnx", shaped, skip_optimization=True)
         ranges = _calibrate(shaped, work, calib, method, batch_size, symmetric=form == "qdq")
         groups = block_buffer_groups(model)
-        extra: dict[str, Any] = {
-            "MinimumRealRange": 1e-4,
-            "TensorQuantOverrides": _shared_ranges(groups, ranges),
-        }
-        if form == "cpu":
-            op_types = None  # everything onnxruntime has an int8 kernel for
-            activation_type = QuantType.QUInt8
-        else:
-            extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
-            op_types = ["Conv"]
-            activation_type = QuantType.QInt8
-        cache: Path | None = work / "ranges.json"
-        reader: Any = None
-        if _supports_calibration_cache():
-            from onnxruntime.quantization.calibrate import save_tensors_data
-
-            save_tensors_data(ranges, work / "ranges.json")
-        else:  # older onnxruntime: let quantize_static calibrate again (the overrides still apply)
-            cache, reader = None, _Reader(calib, _input_name(model), batch_size)
-        partial = work / "int8.onnx"
-        kwargs: dict[str, Any] = {"calibration_cache_path": cache} if cache is not None else {}
-        quantize_static(
+        quantized = _quantize_static(
             shaped,
-            partial,
-            reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=activation_type,
-            weight_type=QuantType.QInt8,
+            work,
+            ranges=ranges,
+            groups=groups,
+            form=form,
+            reader=_Reader(calib, _input_name(model), batch_size),
+            method=method,
             per_channel=per_channel,
             reduce_range=reduce_range,
-            calibrate_method=method,
-            op_types_to_quantize=op_types,
-            nodes_to_exclude=list(exclude),
-            extra_options=extra,
-            **kwargs,
+            exclude=exclude,
         )
-        quantized = onnx.load(partial)
         onnx.checker.check_model(quantized)
         write_atomic(out, lambda f: f.write(quantized.SerializeToString()))  # whole or not at all
 
+    return _summary(
+        quantized,
+        form=form,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        calibrate_method=calibrate_method,
+        samples=int(calib.shape[0]),
+        batch_size=batch_size,
+        groups=len(groups),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _summary(
+    quantized: Any,
+    *,
+    form: str,
+    per_channel: bool,
+    reduce_range: bool,
+    calibrate_method: str,
+    samples: int,
+    batch_size: int,
+    groups: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """What :func:`quantize_onnx` did: the form, types, calibration, shared scales and the op counts."""
     ops = Counter(node.op_type for node in quantized.graph.node)
     float_ops = {op: n for op, n in ops.items() if op not in ("QuantizeLinear", "DequantizeLinear")}
     return {
@@ -163,19 +156,89 @@ def quantize_onnx(
         "weight_symmetric": True,
         "per_channel": per_channel,
         "reduce_range": reduce_range,
-        "op_types_quantized": op_types or "all with int8 kernels",
+        "op_types_quantized": _op_types(form) or "all with int8 kernels",
         "calibration": {
             "method": calibrate_method,
             "tool": "onnxruntime.quantization.calibrate.create_calibrator",
-            "samples": int(calib.shape[0]),
+            "samples": samples,
             "batch_size": batch_size,
         },
-        "shared_scale_groups": len(groups),
+        "shared_scale_groups": groups,
         "quantized_nodes": _quantized_nodes(quantized),
         "ops": dict(sorted(float_ops.items())),
         "qdq_nodes": {"QuantizeLinear": ops["QuantizeLinear"], "DequantizeLinear": ops["DequantizeLinear"]},
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": seconds,
     }
+
+
+def _check_cpu_form(model: Any) -> None:
+    """The cpu form quantizes what the INT8_CPU_PASSES made of BN-ReLU and pooling: refuse a model without."""
+    left = sorted({n.op_type for n in model.graph.node} & {"BatchNormalization", "AveragePool"})
+    if left:
+        raise ValueError(
+            f"the cpu form quantizes BN-ReLU and pooling as int8 convs, but the model has {left}: "
+            "emit it with densegraph.passes.INT8_CPU_PASSES"
+        )
+
+
+def _op_types(form: str) -> list[str] | None:
+    """The op types ``form`` quantizes (None: everything onnxruntime has an int8 kernel for)."""
+    return None if form == "cpu" else ["Conv"]
+
+
+def _quantize_static(
+    shaped: Path,
+    work: Path,
+    *,
+    ranges: Any,
+    groups: list[list[str]],
+    form: str,
+    reader: _Reader,
+    method: Any,
+    per_channel: bool,
+    reduce_range: bool,
+    exclude: Sequence[str],
+) -> Any:
+    """onnxruntime's ``quantize_static`` on the shape-inferred model with the calibrated ``ranges`` (a dense
+    block's buffer on one shared scale); the int8 model, loaded."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    extra: dict[str, Any] = {
+        "MinimumRealRange": 1e-4,
+        "TensorQuantOverrides": _shared_ranges(groups, ranges),
+    }
+    if form == "cpu":
+        activation_type = QuantType.QUInt8
+    else:
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
+        activation_type = QuantType.QInt8
+    kwargs: dict[str, Any] = {}
+    calibration: Any = None
+    if _supports_calibration_cache():
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        save_tensors_data(ranges, work / "ranges.json")
+        kwargs["calibration_cache_path"] = work / "ranges.json"
+    else:  # older onnxruntime: let quantize_static calibrate again (the overrides still apply)
+        calibration = reader
+    partial = work / "int8.onnx"
+    quantize_static(
+        shaped,
+        partial,
+        calibration,
+        quant_format=QuantFormat.QDQ,
+        activation_type=activation_type,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        calibrate_method=method,
+        op_types_to_quantize=_op_types(form),
+        nodes_to_exclude=list(exclude),
+        extra_options=extra,
+        **kwargs,
+    )
+    return onnx.load(partial)
 
 
 def block_buffer_groups(model: Any) -> list[list[str]]:
