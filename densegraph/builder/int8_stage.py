@@ -1,0 +1,108 @@
+"""The int8 model: the calibration data (loaded before any export, so bad data fails fast), quantization, and
+its gate against the fp32 model (and the labels, where the data has them)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..data import load_data
+from ..errors import BuildError, Loc
+from ..export.onnx import check_onnx, ort_session, run_onnx, save_onnx, set_metadata, stamp, verify_int8
+from .options import BuildOptions
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+__all__ = ["INT8_EVAL_SAMPLES", "calibration_data", "int8_model"]
+
+INT8_EVAL_SAMPLES = 1000  # labelled validation images scored for the int8 report (at most)
+
+
+def calibration_data(options: BuildOptions, graph: nx.DiGraph) -> Any:
+    """The int8 calibration set (the train split), loaded before any export so that bad data fails fast."""
+    shape = tuple(graph.graph["input_shape"])
+    assert options.calib is not None  # checked with the options
+    calib = load_data(
+        options.calib,
+        shape,
+        split="train",
+        max_samples=options.calib_samples,
+        preprocess=graph.graph["preprocess"],
+    )
+    if not np.any(calib.x):
+        raise BuildError(
+            f"the calibration data is all zeros ({len(calib)} samples): int8 ranges cannot be measured on it",
+            loc=Loc(str(options.calib)),
+            hint="calibrate on real images, preprocessed as the model expects",
+        )
+    return calib
+
+
+def int8_model(
+    fp32: Any,
+    fp32_path: Path,
+    path: Path,
+    calib: Any,
+    options: BuildOptions,
+    metadata: dict[str, str],
+) -> tuple[Any, dict, dict]:
+    """Quantize with the calibration data; score int8 against fp32 (and the labels, when there are some)."""
+    import onnx
+
+    from ..export.quantize import quantize_onnx
+
+    # TensorRT builds int8 only from symmetric Q/DQ around its convs; onnxruntime's CPU is fastest on the
+    # "cpu" form (uint8 activations, int8 end to end). Both stay available through quantize_onnx.
+    form = "qdq" if options.target == "tensorrt" else "cpu"
+    with _root_logger_silenced():
+        done = quantize_onnx(fp32_path, path, calib.x, form=form)
+    model = onnx.load(os.fspath(path))
+    stamp(model, fp32.graph.name, fp32.doc_string)  # the quantizer names itself the producer
+    set_metadata(model, metadata)
+    model = check_onnx(model)
+    save_onnx(model, path)
+    assert options.calib is not None  # checked with the options
+    labelled = calib.y.size > 0
+    shape = tuple(calib.x.shape[1:])
+    scored = (
+        load_data(
+            options.calib, shape, split="val", max_samples=INT8_EVAL_SAMPLES, preprocess=calib.preprocess
+        )
+        if labelled
+        else calib
+    )
+    fp32_logits = run_onnx(ort_session(fp32_path), scored.x)
+    int8_logits = run_onnx(ort_session(path), scored.x)
+    parity = verify_int8(fp32_logits, int8_logits, scored.y if labelled else None)
+    parity["data"] = f"{options.calib} {'val split' if labelled else '(the calibration samples)'}"
+    calibration: dict[str, Any] = {
+        "source": str(options.calib),
+        "split": "train" if labelled else None,
+        **{key: value for key, value in done.items() if key != "seconds"},  # the rest is deterministic
+    }
+    return model, calibration, parity
+
+
+@contextmanager
+def _root_logger_silenced() -> Iterator[None]:
+    """onnxruntime.quantization warns on the root logger ("consider pre-processing"); keep stderr to one line.
+
+    A handler on the root logger stops ``logging.warning`` from installing its stderr default; the level drops
+    the records.
+    """
+    root = logging.getLogger()
+    handler, level = logging.NullHandler(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.removeHandler(handler)

@@ -1,0 +1,64 @@
+"""The parity gates of the ONNX models: the unrewritten PyTorch module's logits as the reference, and the fp16
+model converted and checked against them (the fp32 check runs in :func:`.pipeline.build_model`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import BuildError
+from ..export.onnx import fp16_from_onnx, ort_session, parity_inputs, save_onnx, set_metadata, verify_outputs
+from .options import BuildOptions
+
+if TYPE_CHECKING:
+    import networkx as nx
+    from torch import nn
+
+__all__ = ["PARITY_BATCHES", "torch_references", "fp16_model"]
+
+PARITY_BATCHES = (1, 3)  # batch 1 and a batch > 1 that is no power of two
+
+
+def torch_references(module: nn.Module, graph: nx.DiGraph, options: BuildOptions) -> tuple[list, list]:
+    """The parity inputs and the unrewritten eval module's logits on them."""
+    import torch
+
+    inputs = parity_inputs(tuple(graph.graph["input_shape"]), PARITY_BATCHES)
+    # One thread: the reference is a correctness check of a few GMACs. On an idle 2-core machine a second
+    # thread saves ~0.6 s on densenet169; on a shared one PyTorch's OpenMP threads spin-wait for each other:
+    # 38-40 s wall (12 s CPU) at 2 threads against 5.6-8.5 s (1.4-1.9 s CPU) at 1, measured side by side at
+    # load 5-8 (docs/performance.md).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            references = [module(torch.from_numpy(x)).numpy() for x in inputs]
+    finally:
+        torch.set_num_threads(previous)
+    if not all(np.all(np.isfinite(r)) for r in references):
+        raise BuildError(
+            "the PyTorch model's outputs are not finite (NaN or inf) on random inputs",
+            hint="check the weights" if options.weights else None,
+        )
+    return inputs, references
+
+
+def fp16_model(
+    model: Any, inputs: list, references: list, path: Path, metadata: dict[str, str]
+) -> tuple[Any, dict, dict | str]:
+    """Convert to fp16 and verify it where onnxruntime's CPU kernels run it; returns model, record, parity."""
+    model16, notes = fp16_from_onnx(model)
+    set_metadata(model16, metadata)
+    data = save_onnx(model16, path)
+    record: dict[str, Any] = {
+        "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)",
+        "batchnorm": "BatchNormalization no conv absorbed -> depthwise 1x1 Conv computed in fp32, then cast",
+        "warnings": notes,
+    }
+    try:
+        session = ort_session(data)
+    except Exception as exc:  # onnxruntime's CPU kernels do not cover every fp16 op on every build
+        return model16, record, f"not verified: onnxruntime cannot run it here ({str(exc).splitlines()[0]})"
+    return model16, record, verify_outputs(session, inputs, references, "fp16")
