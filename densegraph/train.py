@@ -60,6 +60,7 @@ from .training.loop import (
     check_precision,
     epoch_generator,
     evaluate_split,
+    precision_note,
     test_figure,
     train_epoch,
 )
@@ -142,6 +143,9 @@ def train(
     check_writable(folder.path)
     torch_device = resolve_device(device, dist)
     precision = check_precision(recipe.amp, recipe.channels_last, torch_device)
+    note = precision_note(recipe.amp, torch_device)
+    if note is not None:
+        say(note)
 
     previous_threads = _use_threads(threads)
     if dist.active:

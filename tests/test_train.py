@@ -239,3 +239,16 @@ def test_amp_and_channels_last(tmp_path: Path, small_digits: tuple[Dataset, Data
     with pytest.raises(DensegraphError, match="--amp fp16 needs a CUDA GPU"):
         train(TINY_SPEC, small_digits, tmp_path / "fp16", epochs=1, amp="fp16", log=_quiet)
     assert not (tmp_path / "fp16").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_it_says_so(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from densegraph.training.loop import precision_note
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    note = precision_note("bf16", torch.device("cpu"))
+    assert (note is None) == native
+    if note is not None:
+        assert note.startswith("note: this CPU has no native bf16") and "\n" not in note
+    assert precision_note(None, torch.device("cpu")) is None
+    assert precision_note("bf16", torch.device("cuda")) is None

@@ -84,6 +84,22 @@ def check_precision(amp: str | None, channels_last: bool, device: torch.device) 
     return Precision(device, amp, channels_last, scaler)
 
 
+def precision_note(amp: str | None, device: torch.device) -> str | None:
+    """A line for the log when ``--amp bf16`` on this CPU is emulated rather than computed natively.
+
+    Without AVX512-BF16 or AMX, oneDNN widens bf16 to fp32 around every op: densenet121's training step ran
+    10x slower than fp32 on an AVX2 host (tools/bench_train_amp.py, README), for 0.70x the peak memory.
+    """
+    if amp != "bf16" or device.type != "cpu":
+        return None
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return (
+        "note: this CPU has no native bf16 (AVX512-BF16 or AMX): --amp bf16 saves memory but runs "
+        "several times slower than fp32 here"
+    )
+
+
 def train_epoch(
     model: nn.Module,
     loader: Any,
