@@ -11,7 +11,12 @@ It is strict where the real one is: ``set_tensor_address`` refuses an address no
 version-compatible plan deserializes only with ``Runtime.engine_host_code_allowed``; a DLA plan runs on the
 core ``Runtime.DLA_core`` names at deserialization (recorded as ``("dla_core", core)`` per execution); a
 strongly typed network refuses precision builder flags; a dynamic input needs exactly one optimization
-profile, a static one none.
+profile, a static one none. Implicit quantization (8.6/10.x, weakly typed): a DLA build puts Q/DQ layers on
+the GPU (with ``GPU_FALLBACK``, recorded in the plan's ``gpu_fallback``) or fails without it (NVIDIA/TensorRT
+#2222: that DLA takes no explicit quantization); INT8 on a network without Q/DQ needs an
+``IInt8EntropyCalibrator2`` whose cache header names this TensorRT (``TRT-<NV_TENSORRT_VERSION>-
+EntropyCalibration2``), else it calibrates -- on no data here, which fails; tensors without a scale are
+warned about, and the engine rounds each scaled tensor to its int8 grid when it runs.
 
 Every call is appended to ``module.fake.calls`` as ``(what, *args)``. The "engine" is honest enough to run:
 the plan is JSON describing the parsed network, and ``execute_async_v3`` reads the input from the address it
@@ -25,6 +30,7 @@ import ctypes
 import enum
 import importlib.machinery
 import json
+import struct
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,8 @@ from typing import Any
 import numpy as np
 
 VERSIONS = {"8.5": "8.5.3.1", "8": "8.6.1.6", "10": "10.16.1.11", "11": "11.4.0.106"}
+CACHE_HEADERS = {"8.5": "TRT-8503-EntropyCalibration2", "8": "TRT-8601-EntropyCalibration2",
+                 "10": "TRT-101601-EntropyCalibration2"}  # fmt: skip
 ALIGNMENT = 256
 PLAN_MAGIC = b"FAKEPLAN"
 
@@ -141,6 +149,8 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             self._inputs: list[ITensor] = []
             self._outputs: list[ITensor] = []
             self.onnx_path: str | None = None
+            self.qdq_layers: list[str] = []
+            self.tensors: list[str] = []  # activation tensors (network inputs and layer outputs)
 
         @property
         def num_inputs(self) -> int:
@@ -209,6 +219,15 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             self.network._inputs = [tensor(v) for v in graph.input if v.name not in init]
             self.network._outputs = [tensor(v) for v in graph.output]
             self.network.onnx_path = model
+            self.network.qdq_layers = [
+                n.name or n.output[0]
+                for n in graph.node
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            ]
+            consts = init | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+            self.network.tensors = [t.name for t in self.network._inputs] + [
+                o for n in graph.node if n.op_type != "Constant" for o in n.output if o and o not in consts
+            ]
             return True
 
         @property
@@ -233,8 +252,28 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
         def serialize(self) -> memoryview:
             return memoryview(self.data + b"+build%d" % state.cache_builds)
 
+    calibrators = flavor != "11"  # TensorRT 11 removed implicit quantization
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self) -> None:
+            record("IInt8EntropyCalibrator2.__init__")
+
+        def get_batch_size(self) -> int:  # pragma: no cover - pure virtual in TensorRT
+            raise NotImplementedError
+
+        def get_batch(self, names: list[str]) -> Any:  # pragma: no cover
+            raise NotImplementedError
+
+        def read_calibration_cache(self) -> Any:  # pragma: no cover
+            raise NotImplementedError
+
+        def write_calibration_cache(self, cache: Any) -> None:  # pragma: no cover
+            raise NotImplementedError
+
     class IBuilderConfig:
-        _recorded = ("default_device_type", "DLA_core", "hardware_compatibility_level")
+        _recorded = ("default_device_type", "DLA_core", "hardware_compatibility_level") + (
+            ("int8_calibrator",) if calibrators else ()
+        )
 
         def __init__(self, logger: ILogger) -> None:
             object.__setattr__(self, "logger", logger)
@@ -247,6 +286,8 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             object.__setattr__(
                 self, "hardware_compatibility_level", 0
             )  # NONE, which the fake has no member for
+            if calibrators:
+                object.__setattr__(self, "int8_calibrator", None)
             self.flags.add(trt.BuilderFlag.TF32)  # on by default, as in TensorRT
 
         def __setattr__(self, name: str, value: Any) -> None:
@@ -339,10 +380,13 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
                     if set(profile.shapes.get(t.name, (t.shape,))) != {t.shape}:
                         self.logger.log(severity.ERROR, "the profile contradicts the static input shape")
                         return None
+            dla = config.default_device_type == trt.DeviceType.DLA
+            implicit = _implicit_quantization(self.logger, network, config, dla)
+            if implicit is None:
+                return None
             if config.cache is not None:
                 state.cache_builds += 1
             profile_shapes = config.profiles[0].shapes if config.profiles else {}
-            dla = config.default_device_type == trt.DeviceType.DLA
             plan = {
                 "version": trt.__version__,
                 "onnx": network.onnx_path,
@@ -356,10 +400,57 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
                 if hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE")
                 else False,
                 "dla": dla,
+                **implicit,
             }
             blob = PLAN_MAGIC + json.dumps(plan).encode()
             state.plans.append(blob)
             return memoryview(blob)  # like IHostMemory: a buffer, not bytes
+
+    def _implicit_quantization(
+        logger: ILogger, network: INetworkDefinition, config: IBuilderConfig, dla: bool
+    ) -> dict[str, Any] | None:
+        """What the weakly typed generation does with INT8: DLA puts Q/DQ layers on the GPU; a network without
+        Q/DQ takes its scales from the calibrator's cache. None (with the error logged) when it fails."""
+        plan: dict[str, Any] = {"gpu_fallback": [], "int8_scales": {}}
+        if network.strongly_typed:
+            return (
+                plan  # TensorRT 11 (and --stronglyTyped 10.x): Q/DQ taken as they are, DLA 11.4.1+ included
+            )
+        if dla and network.qdq_layers:
+            for name in network.qdq_layers:
+                if trt.BuilderFlag.GPU_FALLBACK not in config.flags:
+                    logger.log(
+                        severity.ERROR, f"Layer '{name}' is not supported on DLA and GPU fallback is off"
+                    )
+                    return None
+                logger.log(severity.WARNING, f"Layer '{name}' is not supported on DLA, falling back to GPU")
+            plan["gpu_fallback"] = list(network.qdq_layers)
+        int8 = getattr(trt.BuilderFlag, "INT8", None)
+        if int8 is None or int8 not in config.flags or network.qdq_layers:
+            return plan
+        calibrator = getattr(config, "int8_calibrator", None)
+        if not isinstance(calibrator, IInt8EntropyCalibrator2):
+            logger.log(
+                severity.ERROR, "INT8 without Q/DQ needs a calibrator (IInt8EntropyCalibrator2 for DLA)"
+            )
+            return None
+        cache = calibrator.read_calibration_cache()
+        text = bytes(cache).decode() if cache else ""
+        if not text.startswith(CACHE_HEADERS[flavor] + "\n"):  # TensorRT skips it and calibrates
+            record("calibrate", text.split("\n", 1)[0])
+            if not calibrator.get_batch([t.name for t in network._inputs]):
+                logger.log(severity.ERROR, "Calibration failure: no calibration batch and no usable cache")
+                return None
+        scales = {}
+        for line in text.splitlines()[1:]:
+            name, _, value = line.rpartition(": ")
+            scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
+        for name in [n for n in scales if n not in network.tensors]:
+            logger.log(severity.WARNING, f"calibration cache entry {name!r} names no tensor of the network")
+        for name in [n for n in network.tensors if n not in scales]:
+            logger.log(severity.WARNING, f"Missing scale and zero-point for tensor {name}, expect fall back")
+        plan["int8_scales"] = {n: s for n, s in scales.items() if n in network.tensors}
+        return plan
 
     class IExecutionContext:
         def __init__(self, engine: ICudaEngine) -> None:
@@ -403,7 +494,7 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             x = _read(self.addresses[in_name], in_shape, engine.tensors[in_name][2])
             if engine.dla_core is not None:
                 record("dla_core", engine.dla_core)
-            results = _run_onnx(engine.onnx, in_name, x)
+            results = _run_onnx(engine.onnx, in_name, x, engine.int8_scales)
             for out_name, value in zip(engine.output_names, results, strict=True):
                 value = np.asarray(value) + state.perturb
                 _write(self.addresses[out_name], value.astype(_TRT_TO_NUMPY[engine.tensors[out_name][2]]))
@@ -419,6 +510,7 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             self.input_names = [n for n, *_ in plan["inputs"]]
             self.output_names = [n for n, *_ in plan["outputs"]]
             self.profile = {k: [tuple(s) for s in v] for k, v in plan["profile"].items()}
+            self.int8_scales = plan["int8_scales"]
 
         @property
         def num_io_tensors(self) -> int:
@@ -491,6 +583,8 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
 
     if trt8:  # node_name/node_operator came with TensorRT 10
         del ParserError.node_name, ParserError.node_operator
+    if calibrators:
+        trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
     for cls in (ILogger, Logger, Builder, OnnxParser, Runtime, ParserError):
         setattr(trt, cls.__name__, cls)
     trt.INetworkDefinition, trt.IBuilderConfig, trt.ICudaEngine = (
@@ -502,18 +596,63 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
     return trt
 
 
-def _run_onnx(path: str, in_name: str, x: np.ndarray) -> list[np.ndarray]:
-    """onnxruntime on the CPU; an fp16 model it has no kernels for runs as an fp32 upcast (the fake's own)."""
+def _run_onnx(path: str, in_name: str, x: np.ndarray, int8_scales: dict[str, float]) -> list[np.ndarray]:
+    """onnxruntime on the CPU; an fp16 model it has no kernels for runs as an fp32 upcast (the fake's own);
+    implicit int8 rounds each tensor of ``int8_scales`` to its int8 grid."""
     import onnx
     import onnxruntime as ort
 
+    source: Any = path
+    options = ort.SessionOptions()
+    if int8_scales:
+        source = round_to_int8(onnx.load(path), int8_scales).SerializeToString()
+    if int8_scales or any(n.op_type == "QuantizeLinear" for n in onnx.load(path).graph.node):
+        # int8 as TensorRT computes it: the Q/DQ arithmetic as written, not onnxruntime's fused kernels
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception:  # NOT_IMPLEMENTED for fp16 kernels
         model = onnx.load(path)
         _fp16_to_fp32(model.graph)
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {in_name: x})
+
+
+def round_to_int8(model: Any, scales: dict[str, float]) -> Any:
+    """A copy of ``model`` whose tensors named in ``scales`` go through a symmetric int8 QuantizeLinear/
+    DequantizeLinear at that scale: what TensorRT's implicit quantization does to them (the test's own)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    outputs = {v.name for v in graph.output}
+    source = {n: f"{n}_float" if n in outputs else n for n in scales}  # a graph output keeps its name
+    rounded = {n: n if n in outputs else f"{n}_int8" for n in scales}
+    pairs = {}
+    for i, name in enumerate(scales):
+        graph.initializer.extend(
+            [numpy_helper.from_array(np.array(scales[name], np.float32), f"_s{i}"),
+             numpy_helper.from_array(np.array(0, np.int8), f"_z{i}")]
+        )  # fmt: skip
+        pairs[source[name]] = [
+            helper.make_node("QuantizeLinear", [source[name], f"_s{i}", f"_z{i}"], [f"_q{i}"]),
+            helper.make_node("DequantizeLinear", [f"_q{i}", f"_s{i}", f"_z{i}"], [rounded[name]]),
+        ]
+    order = list(graph.node)
+    graph.ClearField("node")
+    for value in graph.input:  # graph inputs first, the rest right after their producer
+        graph.node.extend(pairs.get(value.name, []))
+    for node in order:
+        for j, name in enumerate(node.input):
+            node.input[j] = rounded.get(name, name)
+        for j, name in enumerate(node.output):
+            node.output[j] = source.get(name, name)
+        graph.node.append(node)
+        for name in node.output:
+            graph.node.extend(pairs.get(name, []))
+    return out
 
 
 def _fp16_to_fp32(graph: Any) -> None:

@@ -3,9 +3,16 @@ could go wrong (NVIDIA's samples/common/sampleOptions.cpp and sampleEngines.cpp)
 
 - an option the release does not have is refused ("Unknown option"): ``--stronglyTyped`` on 8.6, ``--fp16``
   and ``--int8`` on 11.x (removed with weak typing);
-- explicit shapes (``--minShapes/--optShapes/--maxShapes``) on an ONNX whose input is static are refused.
+- explicit shapes (``--minShapes/--optShapes/--maxShapes``) on an ONNX whose input is static are refused;
+- ``--calib`` (8.6 and 10.x only) is taken only with ``--int8``, and its cache must be made for this
+  TensorRT (header ``TRT-<NV_TENSORRT_VERSION>-EntropyCalibration2``, the number the banner prints): the real
+  one skips another version's cache and calibrates on random data (or fails, NVIDIA/Deep-Learning-Accelerator-SW
+  #26), which the fake refuses;
+- ``--useDLACore`` without ``--stronglyTyped`` on an ONNX with Q/DQ nodes: that DLA takes no Q/DQ layers, so they
+  fall back to the GPU (a warning each) or, without ``--allowGPUFallback``, the build fails.
 
-Otherwise it writes its arguments, one per line, to ``$FAKE_LOG`` and succeeds.
+Every run prints the banner ``&&&& RUNNING TensorRT.trtexec [TensorRT v<NV_TENSORRT_VERSION>]``. Otherwise it
+writes its arguments, one per line, to ``$FAKE_LOG`` and succeeds.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ COMMON = {
     "--timingCacheFile", "--skipInference",
 }  # fmt: skip
 FLAGS = {
-    "8.6": COMMON | {"--fp16", "--int8"},
-    "10": COMMON | {"--fp16", "--int8", "--stronglyTyped"},
+    "8.6": COMMON | {"--fp16", "--int8", "--calib"},
+    "10": COMMON | {"--fp16", "--int8", "--calib", "--stronglyTyped"},
     "11": COMMON | {"--stronglyTyped"},
 }
+VERSION = {"8.6": 8602, "10": 100300, "11": 110401}  # JetPack 6.0, JetPack 6.1/6.2, JetPack 7.2.2
 SHAPES = ("--minShapes", "--optShapes", "--maxShapes")
 
 _SCRIPT = """#!{python}
@@ -50,8 +58,38 @@ def _static_input(onnx_path: str) -> bool:
     return all(d.HasField("dim_value") for d in first.type.tensor_type.shape.dim)
 
 
+def _qdq_nodes(onnx_path: str) -> list[str]:
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def _implicit_int8(flavor: str, args: list[str], values: dict[str, str]) -> int:
+    """The checks of --calib and of DLA with Q/DQ (see the module docstring); 0 when they pass."""
+    if "--calib" in values:
+        if "--int8" not in args:
+            print("[E] --calib needs --int8", file=sys.stderr)
+            return 1
+        header = Path(values["--calib"]).read_text().split("\n", 1)[0]
+        if header != f"TRT-{VERSION[flavor]}-EntropyCalibration2":
+            print(
+                f"[E] calibration cache {header!r} is not for this TensorRT; it would calibrate",
+                file=sys.stderr,
+            )
+            return 1
+    if "--useDLACore" in values and "--stronglyTyped" not in args and "--onnx" in values:
+        for name in _qdq_nodes(values["--onnx"]):
+            if "--allowGPUFallback" not in args:
+                print(f"[E] Layer {name} is not supported on DLA and GPU fallback is off", file=sys.stderr)
+                return 1
+            print(f"[W] Layer {name} is not supported on DLA, falling back to GPU", file=sys.stderr)
+    return 0
+
+
 def main(flavor: str, args: list[str], log: str | None) -> int:
     flags = FLAGS[flavor]
+    print(f"&&&& RUNNING TensorRT.trtexec [TensorRT v{VERSION[flavor]}] # trtexec {' '.join(args)}")
     if args == ["--help"]:
         print("=== Build Options ===")
         for flag in sorted(flags):
@@ -62,7 +100,10 @@ def main(flavor: str, args: list[str], log: str | None) -> int:
         if name not in flags:
             print(f"[E] Unknown option: {name}", file=sys.stderr)
             return 1
-    onnx = next((a.split("=", 1)[1] for a in args if a.startswith("--onnx=")), None)
+    values = dict(a.split("=", 1) for a in args if "=" in a)
+    onnx = values.get("--onnx")
+    if _implicit_int8(flavor, args, values):
+        return 1
     if onnx and any(a.split("=", 1)[0] in SHAPES for a in args) and _static_input(onnx):
         print(
             "[E] Static model does not take explicit shapes since the shape of inference tensors will be "

@@ -678,10 +678,10 @@ def test_trtexec_commands(tmp_path: Path) -> None:
         int8, "m.engine", EngineOptions(precision="int8", dla_core=0, timing_cache="t.cache")
     )
     static = "--minShapes=images:8x3x8x8 --optShapes=images:8x3x8x8 --maxShapes=images:8x3x8x8"
-    assert dla == (
-        f"trtexec --onnx={int8} --saveEngine=m.engine {static} --int8 --fp16 --useDLACore=0 "
-        "--allowGPUFallback "
-        "--timingCacheFile=t.cache --skipInference"
+    stripped, cache = int8.with_name("int8.noqdq.onnx"), int8.with_name("int8.calib.cache")
+    assert dla == (  # TensorRT 10 DLA: implicit int8, the float graph and the Q/DQ scales as a cache
+        f"trtexec --onnx={stripped} --saveEngine=m.engine {static} --int8 --fp16 --calib={cache} "
+        "--useDLACore=0 --allowGPUFallback --timingCacheFile=t.cache --skipInference"
     )
     hw = trtexec_command(fp32, "m.engine", EngineOptions(hardware_compat=True, version_compat=True))
     assert hw.endswith("--noTF32 --hardwareCompatibilityLevel=ampere+ --versionCompatible --skipInference")

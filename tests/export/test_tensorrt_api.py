@@ -270,10 +270,11 @@ class Uses:
     members: dict[tuple[str, str], str]  # (class, attribute) accessed on a TensorRT object -> file:line
     keywords: dict[str, set[str]]  # member -> keyword arguments passed to it
     logger_methods: set[str]  # methods of classes deriving from trt.ILogger
+    calibrator_methods: set[str]  # methods of classes deriving from trt.IInt8EntropyCalibrator2
 
 
 def _uses(sources: list[Path]) -> Uses:
-    uses = Uses([], {}, [], {}, {}, set())
+    uses = Uses([], {}, [], {}, {}, set(), set())
     for source in sources:
         tree = ast.parse(source.read_text(), filename=str(source))
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
@@ -290,6 +291,10 @@ def _uses(sources: list[Path]) -> Uses:
                 _record_call(node, uses)
             elif isinstance(node, ast.ClassDef) and any(_chain(b) == ["ILogger"] for b in node.bases):
                 uses.logger_methods |= {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+            elif isinstance(node, ast.ClassDef) and any(
+                _chain(b) == ["IInt8EntropyCalibrator2"] for b in node.bases
+            ):
+                uses.calibrator_methods |= {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
     return uses
 
 
@@ -321,6 +326,8 @@ def _pairs(uses: Uses) -> dict[tuple[str, str], str]:
     pairs.pop(("ILogger", "Severity"), None)  # the nested enum itself; its members are checked as Severity
     pairs.update(uses.members)
     for name, base in uses.guarded.items():
+        if not base:  # a top-level name: test_top_level_names_exist_everywhere
+            continue
         cls = base[-1].strip("<>")
         pairs[(cls, name)] = pairs.get((cls, name), "guarded")
     return pairs
@@ -383,7 +390,13 @@ def test_every_name_is_a_member_of_its_class_everywhere_or_guarded(api: list[Api
 
 def test_top_level_names_exist_everywhere(api: list[ApiText], uses: Uses) -> None:
     names = {chain[0] for chain, _ in uses.chains} - {"__version__"}
-    missing = [f"trt.{n} not in {t.version}" for n in sorted(names) for t in api if not t.has_name(n)]
+    guarded = {n for n, base in uses.guarded.items() if not base}  # hasattr(trt, "X")
+    missing = [
+        f"trt.{n} not in {t.version}" for n in sorted(names - guarded) for t in api if not t.has_name(n)
+    ]
+    missing += [
+        f"trt.{n} is in no TensorRT version" for n in sorted(guarded) if not any(t.has_name(n) for t in api)
+    ]
     assert not missing, "\n".join(missing)
     # the only dynamic lookups are BuilderFlag members named by a precision plan, all of them guarded
     assert uses.dynamic_getattr == [["BuilderFlag"]]
@@ -422,6 +435,20 @@ def test_logger_methods_exist(api: list[ApiText], uses: Uses) -> None:
         assert all(t.has_name(name) for t in api), name
 
 
+def test_the_calibrator_is_feature_detected_and_its_methods_exist(api: list[ApiText], uses: Uses) -> None:
+    """Implicit int8 (DLA on 8.6/10.x) subclasses IInt8EntropyCalibrator2, which TensorRT 11 removed."""
+    by = {t.key[:2]: t for t in api}
+    assert [v for v, t in by.items() if t.has_name("IInt8EntropyCalibrator2")] == [(8, 6), (10, 3), (10, 16)]
+    assert not by[(11, 4)].member("IBuilderConfig", "int8_calibrator")
+    assert all(by[v].member("IBuilderConfig", "int8_calibrator") for v in ((8, 6), (10, 3), (10, 16)))
+    assert uses.guarded.get("IInt8EntropyCalibrator2") == [] and "int8_calibrator" in uses.guarded
+    methods = uses.calibrator_methods - {"__init__"}
+    assert methods == {"get_batch_size", "get_batch", "read_calibration_cache", "write_calibration_cache"}
+    for text in api:
+        if text.has_name("IInt8EntropyCalibrator2"):
+            assert all(text.has_line(m) for m in methods), text.version
+
+
 def test_keyword_arguments_are_documented(api: list[ApiText], uses: Uses) -> None:
     for member, keywords in uses.keywords.items():
         for keyword in keywords:
@@ -431,12 +458,13 @@ def test_keyword_arguments_are_documented(api: list[ApiText], uses: Uses) -> Non
                 )
 
 
-# APIs removed in TensorRT 10 or 11 that the backend must never touch
+# APIs removed in TensorRT 10 or 11 that the backend must never touch (the entropy calibrator and
+# IBuilderConfig.int8_calibrator, gone in 11, serve DLA on 8.6/10.x behind feature detection)
 REMOVED = {
     "build_engine", "build_cuda_engine", "max_workspace_size", "max_batch_size", "execute_async_v2",
     "execute_async", "execute_v2", "get_binding_index", "num_bindings", "binding_is_input",
-    "get_binding_shape", "set_binding_shape", "int8_calibrator", "set_calibration_profile",
-    "IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "platform_has_fast_fp16",
+    "get_binding_shape", "set_binding_shape", "set_calibration_profile",
+    "IInt8Calibrator", "IInt8MinMaxCalibrator", "platform_has_fast_fp16",
     "platform_has_fast_int8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
 }  # fmt: skip
 

@@ -204,8 +204,8 @@ def test_strongly_typed_networks_refuse_precision_flags(tmp_path: Path, trt10: A
 
     real = builder._config
 
-    def with_fp16(trt: Any, b: Any, options: Any, plan: Any) -> Any:
-        config = real(trt, b, options, plan)
+    def with_fp16(trt: Any, b: Any, options: Any, plan: Any, calibration: Any) -> Any:
+        config = real(trt, b, options, plan, calibration)
         config.set_flag(trt.BuilderFlag.FP16)
         return config
 

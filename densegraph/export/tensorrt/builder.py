@@ -16,6 +16,7 @@ from typing import Any
 from ..._io import file_sha256
 from ...errors import BuildError
 from . import cuda, trt_api
+from .calibration import nv_tensorrt_version, write_implicit_int8
 from .onnx_info import OnnxInfo, inspect_onnx
 from .options import EngineOptions, PrecisionPlan, precision_plan
 from .sidecar import SIDECAR_FORMAT, atomic_write, write_sidecar
@@ -93,8 +94,11 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, plan: Precision
     return network, parser
 
 
-def _config(trt: Any, builder: Any, options: EngineOptions, plan: PrecisionPlan) -> Any:
-    """The builder config: workspace, profile (dynamic batch only), precision flags, DLA, compatibility."""
+def _config(
+    trt: Any, builder: Any, options: EngineOptions, plan: PrecisionPlan, calibration_cache: bytes | None
+) -> Any:
+    """The builder config: workspace, profile (dynamic batch only), precision flags and the calibration cache
+    of implicit int8, DLA, compatibility."""
     config = builder.create_builder_config()
     if options.workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
@@ -109,10 +113,17 @@ def _config(trt: Any, builder: Any, options: EngineOptions, plan: PrecisionPlan)
         config.set_flag(getattr(trt.BuilderFlag, name))
     if not plan.tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
+    if calibration_cache is not None:
+        if not hasattr(config, "int8_calibrator"):
+            raise BuildError(f"TensorRT {trt.__version__} takes no calibration cache (implicit int8)")
+        config.int8_calibrator = trt_api.cache_calibrator(trt, calibration_cache)
     if options.dla_core is not None:
         cores = int(builder.num_DLA_cores)
         if options.dla_core >= cores:
-            raise BuildError(f"DLA core {options.dla_core} asked for, this device has {cores} DLA core(s)")
+            raise BuildError(
+                f"DLA core {options.dla_core} asked for, this device has {cores} DLA core(s)",
+                hint=trt_api.DLA_HINT if cores == 0 else f"its DLA cores are 0..{cores - 1}",
+            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = options.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
@@ -141,6 +152,18 @@ def _check_buildable(options: EngineOptions, info: OnnxInfo, gpu: dict[str, Any]
         raise BuildError(
             f"hardware-compatible engines need an Ampere or newer GPU to build on, not {gpu['name']}"
         )
+
+
+def _implicit_int8(trt: Any, onnx_path: Path, folder: Path, say: Progress) -> tuple[Path, Path]:
+    """Write the float graph and the calibration cache of a Q/DQ ONNX for this TensorRT's DLA."""
+    model, calibration, implicit = write_implicit_int8(
+        onnx_path, folder, version=nv_tensorrt_version(trt.__version__)
+    )
+    say(
+        f"{model.name} + {calibration.name}: the Q/DQ model as implicit int8 for DLA "
+        f"({len(implicit.scales)} tensor scales, {implicit.weights} weights dequantized)"
+    )
+    return model, calibration
 
 
 def engine_from_onnx(
@@ -172,12 +195,15 @@ def engine_from_onnx(
     )
     logger = trt_api.recording_logger(trt)
     builder = trt.Builder(logger)
-    say(f"parsing {onnx_path}")
-    network, _parser = _parse(trt, builder, logger, onnx_path, plan)  # the parser must outlive the build
+    network_onnx, calibration = onnx_path, None
+    if plan.implicit_int8:
+        network_onnx, calibration = _implicit_int8(trt, onnx_path, engine_path.parent, say)
+    say(f"parsing {network_onnx}")
+    network, _parser = _parse(trt, builder, logger, network_onnx, plan)  # the parser must outlive the build
     inputs, outputs = _network_io(network)
     if [t["name"] for t in inputs] != [options.input_name]:
         raise BuildError(f"parsed network inputs {[t['name'] for t in inputs]} != [{options.input_name!r}]")
-    config = _config(trt, builder, options, plan)
+    config = _config(trt, builder, options, plan, calibration.read_bytes() if calibration else None)
     cache_path = Path(options.timing_cache) if options.timing_cache is not None else None
     if cache_path is not None:
         _load_timing_cache(config, logger, cache_path, say)
@@ -197,6 +223,8 @@ def engine_from_onnx(
     atomic_write(engine_path, serialized)
     sidecar = _sidecar(onnx_path, engine_path, options, info, plan, trt, gpu, inputs, outputs)
     sidecar["build_seconds"] = round(seconds, 3)
+    if calibration is not None:
+        sidecar["implicit_int8"] = {"onnx": network_onnx.name, "calibration_cache": calibration.name}
     write_sidecar(engine_path, sidecar)
     say(f"wrote {engine_path} ({sidecar['engine_bytes'] / 2**20:.1f} MiB) in {seconds:.1f} s")
     return sidecar

@@ -85,6 +85,9 @@ class PrecisionPlan:
     strongly_typed: bool
     builder_flags: tuple[str, ...] = ()  # BuilderFlag member names, only where the module has them
     tf32: bool = True
+    # DLA int8 on TensorRT 8.6/10.x: build from the Q/DQ-free float graph with a calibration cache of the
+    # Q/DQ scales (calibration.py), since that DLA takes no explicit quantization
+    implicit_int8: bool = False
 
 
 def precision_plan(
@@ -95,7 +98,10 @@ def precision_plan(
     ``legacy_flags``: the TensorRT at hand still has ``BuilderFlag.FP16``/``INT8`` (8.6 and 10.x).
     ``strong_typing``: it has ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (10.x and 11.x). Typed ONNX
     models build strongly typed where that exists, except for DLA on TensorRT 10, which takes the precision
-    flags; TensorRT 8.6 builds every precision with the flags (a typed ONNX keeps its casts and Q/DQ).
+    flags; TensorRT 8.6 builds every precision with the flags (a typed ONNX keeps its casts and Q/DQ). An int8
+    DLA build with the flags (8.6, 10.x) is implicit quantization: DLA there takes no Q/DQ layers, so the
+    float graph is built with INT8+FP16 and a calibration cache of the Q/DQ scales; TensorRT 11.4.1+ DLA
+    takes the Q/DQ graph strongly typed.
     """
     hint_export = "`densegraph build SPEC --precision {p}` writes a matching ONNX"
     if precision == "fp32":
@@ -127,7 +133,7 @@ def precision_plan(
         )
     if not info.has_qdq:
         raise BuildError(
-            "int8 needs a Q/DQ (QuantizeLinear/DequantizeLinear) ONNX; calibrators are not used",
+            "int8 needs a Q/DQ (QuantizeLinear/DequantizeLinear) ONNX; its scales are the calibration",
             path=info.path,
             hint=hint_export.format(p="int8"),
         )
@@ -139,6 +145,8 @@ def precision_plan(
             path=info.path,
             hint="quantize to signed int8 with symmetric activations (onnxruntime: ActivationSymmetric)",
         )
+    if weak and dla:  # NVIDIA/TensorRT#2222, Model-Optimizer#1661: that DLA runs implicit quantization only
+        return PrecisionPlan(strongly_typed=False, builder_flags=("INT8", "FP16"), implicit_int8=True)
     if weak:  # TensorRT 8.6 takes Q/DQ only with the INT8 flag set; FP16 lets the rest run in half
         return PrecisionPlan(strongly_typed=False, builder_flags=("INT8", "FP16"))
     if not strong_typing:

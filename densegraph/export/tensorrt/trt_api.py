@@ -32,12 +32,19 @@ __all__ = [
     "import_tensorrt",
     "tensorrt_installed",
     "recording_logger",
+    "cache_calibrator",
     "enum_name",
+    "DLA_HINT",
 ]
 
 INSTALL_HINT = "pip install 'densegraph[gpu]'"
 MIN_TENSORRT = "8.6"
 SCRIPT_NAME = "build_engine.sh"
+# Where DLA exists (NVIDIA's TensorRT 10.x/11.x release notes and "Working with DLA" pages, docs/tensorrt.md)
+DLA_HINT = (
+    "DLA is on Jetson AGX Orin and Orin NX only, with TensorRT 8.6-10.7 (JetPack 6.x) or TensorRT 11.4.1+ "
+    "(JetPack 7.2.2+); Thor, Orin Nano, discrete GPUs and TensorRT 10.8-11.3 have none: build without --dla"
+)
 
 _log = logging.getLogger("densegraph.tensorrt")
 
@@ -109,6 +116,36 @@ def import_tensorrt(script: Path | None = None) -> Any:
             hint="JetPack 6.0 ships TensorRT 8.6; on a datacenter GPU pip install 'tensorrt>=10'",
         )
     return trt
+
+
+def cache_calibrator(trt: Any, cache: bytes) -> Any:
+    """An ``IInt8EntropyCalibrator2`` (the calibrator DLA requires) whose calibration cache is ``cache``: it
+    has no data, so TensorRT takes every scale from the cache (a cache it refuses fails the build rather than
+    calibrating on nothing). TensorRT 8.6-10.x; 11 has no calibrators."""
+    if not hasattr(trt, "IInt8EntropyCalibrator2"):
+        raise DensegraphError(
+            f"TensorRT {trt.__version__} has no INT8 calibrators (implicit quantization)",
+            hint="TensorRT 11 builds int8 from the Q/DQ ONNX strongly typed",
+        )
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.cache = bytes(cache)
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> None:
+            return None  # no calibration data: the scales are the cache's
+
+        def read_calibration_cache(self) -> bytes:
+            return self.cache
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            pass  # densegraph wrote the cache; TensorRT's copy of it adds nothing
+
+    return CacheCalibrator()
 
 
 def enum_name(value: Any) -> str:

@@ -3,6 +3,10 @@
 trtexec differs by release: 8.6 has ``--fp16``/``--int8`` but no ``--stronglyTyped``; 10.x has both; 11.x only
 ``--stronglyTyped``. A static-batch ONNX takes no ``--minShapes/--optShapes/--maxShapes`` (trtexec refuses
 explicit shapes on a static model). The script picks its branch by testing ``trtexec --help`` for those flags.
+An int8 DLA build on 8.6/10.x is implicit quantization (``options.precision_plan``): the branch builds the
+float graph ``<stem>.noqdq.onnx`` with ``--int8 --fp16 --calib=<stem>.calib.cache`` and first writes into the
+cache's header the TensorRT version trtexec prints (``[TensorRT v100300]``), since TensorRT skips a cache
+made for another version.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import DensegraphError
+from .calibration import implicit_int8_paths, write_implicit_int8
 from .onnx_info import OnnxInfo, inspect_onnx
 from .options import EngineOptions, PrecisionPlan, precision_plan
 from .sidecar import atomic_write, sidecar_path
@@ -31,6 +36,9 @@ __all__ = [
 PYTHON_ENTRY = ("-m", "densegraph", "engine")
 # (label, has --fp16/--int8, has --stronglyTyped) of each trtexec family
 FLAVORS = (("TensorRT 8.6", True, False), ("TensorRT 10.x", True, True), ("TensorRT 11.x", False, True))
+# the calibration cache header written before the device's TensorRT is known: JetPack 6.1/6.2's 10.3.0
+# (build_engine.sh and the Python builder rewrite it for the TensorRT at hand)
+DEFAULT_CACHE_VERSION = 100300
 
 
 def _shape_arg(name: str, shape: Sequence[int]) -> str:
@@ -40,6 +48,10 @@ def _shape_arg(name: str, shape: Sequence[int]) -> str:
 def _trtexec_args(
     onnx: str, engine: str, options: EngineOptions, plan: PrecisionPlan, *, timing_cache: str | None
 ) -> list[str]:
+    calibration = None
+    if plan.implicit_int8:
+        float_graph, calibration = implicit_int8_paths(onnx, Path(onnx).parent)
+        onnx = str(float_graph)
     args = [f"--onnx={onnx}", f"--saveEngine={engine}"]
     if not options.static_batch:
         shape_min, shape_opt, shape_max = options.profile_shapes()
@@ -53,6 +65,8 @@ def _trtexec_args(
     if plan.strongly_typed:
         args.append("--stronglyTyped")  # opt-in on TensorRT 10, accepted (always on) on 11
     args += [{"FP16": "--fp16", "INT8": "--int8"}[f] for f in plan.builder_flags]
+    if calibration is not None:
+        args.append(f"--calib={calibration}")
     if not plan.tf32:
         args.append("--noTF32")
     if options.dla_core is not None:
@@ -174,10 +188,24 @@ exec "${{PYTHON:-python3}}" {python} "$@"
 """
 
 
+_HEADER = """\
+v=$(sed -nE 's/.*\\[TensorRT v([0-9]+)\\].*/\\1/p' <<<"$usage" | head -n 1)
+if [ -z "$v" ]; then
+  echo {error} >&2; exit 2
+fi
+sed -i "1s/^TRT-[0-9]*-/TRT-$v-/" {cache}  # TensorRT skips a calibration cache of another version"""
+
+
 def _script_branch(args: list[str] | str) -> str:
     if isinstance(args, str):  # an error message: this TensorRT cannot build that engine
         return f"echo {shlex.quote(args)} >&2; exit 2"
-    return 'exec "$TRTEXEC" ' + " ".join(shlex.quote(a) for a in args) + ' "$@"'
+    lines = []
+    calibration = next((a.split("=", 1)[1] for a in args if a.startswith("--calib=")), None)
+    if calibration is not None:
+        error = f"{SCRIPT_NAME}: trtexec --help names no TensorRT version, which the calibration cache needs"
+        lines += _HEADER.format(error=shlex.quote(error), cache=shlex.quote(calibration)).splitlines()
+    lines.append('exec "$TRTEXEC" ' + " ".join(shlex.quote(a) for a in args) + ' "$@"')
+    return "\n    ".join(lines)
 
 
 def write_build_script(
@@ -188,7 +216,10 @@ def write_build_script(
     *,
     info: OnnxInfo | None = None,
 ) -> Path:
-    """Write ``out_dir/build_engine.sh`` (executable, atomically): rebuilds ``engine_name`` from the ONNX."""
+    """Write ``out_dir/build_engine.sh`` (executable, atomically): rebuilds ``engine_name`` from the ONNX.
+
+    For an int8 DLA build it also writes the float graph and calibration cache the TensorRT 8.6/10.x branches
+    build from (:mod:`.calibration`)."""
     out = Path(out_dir)
     info = info or inspect_onnx(out / onnx_name)
     options = options.with_onnx(info)
@@ -206,6 +237,8 @@ def write_build_script(
         branches.append(_trtexec_args(onnx_name, engine_name, options, plan, timing_cache=cache))
     if len(errors) == len(FLAVORS):  # no TensorRT can build this: say so now, write no script
         raise errors[0]
+    if any(isinstance(b, list) and any(a.startswith("--calib=") for a in b) for b in branches):
+        write_implicit_int8(out / onnx_name, out, version=DEFAULT_CACHE_VERSION)
     extra = f", DLA core {options.dla_core}" if dla else ""
     extra += ", hardware-compatible (ampere+)" if options.hardware_compat else ""
     lo, opt, hi = options.profile_batches()

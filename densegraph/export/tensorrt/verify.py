@@ -77,10 +77,16 @@ def _reference_session(onnx_path: Path, precision: str) -> tuple[Any, str]:
 
     model = onnx.load(str(onnx_path))
     what = "the ONNX"
+    options = ort.SessionOptions()
     if precision == "fp16":
         model, what = fp32_twin(model), "the fp32 twin of the fp16 ONNX"
+    if precision == "int8":
+        # the Q/DQ arithmetic as written, which TensorRT implements: onnxruntime's fused int8 CPU kernels
+        # (QLinearConv) land 18 dB SQNR away from it on the tiny DenseNet (x86 without VNNI; docs/tensorrt.md)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        what = "the Q/DQ ONNX, graph optimizations off"
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BuildError(
