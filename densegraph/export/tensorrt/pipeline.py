@@ -43,6 +43,10 @@ def _report_trtexec(
             if len(by_command) == 1 and len(labels) == len(commands)
             else f"  # TensorRT {', '.join(labels)}"
         )
+        if "--calib=" in command:  # else that trtexec skips the cache and calibrates on random data
+            suffix += (
+                " (the cache's first line must name that trtexec's version, as build_engine.sh writes it)"
+            )
         say(f"equivalent trtexec command: {command}{suffix}")
 
 

@@ -42,8 +42,9 @@ MIN_TENSORRT = "8.6"
 SCRIPT_NAME = "build_engine.sh"
 # Where DLA exists (NVIDIA's TensorRT 10.x/11.x release notes and "Working with DLA" pages, docs/tensorrt.md)
 DLA_HINT = (
-    "DLA is on Jetson AGX Orin and Orin NX only, with TensorRT 8.6-10.7 (JetPack 6.x) or TensorRT 11.4.1+ "
-    "(JetPack 7.2.2+); Thor, Orin Nano, discrete GPUs and TensorRT 10.8-11.3 have none: build without --dla"
+    "DLA is on Jetson AGX Orin and Orin NX with TensorRT 8.6-10.7 (JetPack 6.x), and on AGX Orin with "
+    "TensorRT 11.4.1+ (JetPack 7.2.2+); Thor, Orin Nano, discrete GPUs and TensorRT 10.8-11.3 have none: "
+    "build without --dla"
 )
 
 _log = logging.getLogger("densegraph.tensorrt")

@@ -1,7 +1,7 @@
 """Hold a built engine to a reference run in onnxruntime on the CPU, and time it per batch size.
 
-The reference is always a model onnxruntime's CPU provider runs: the ONNX itself for fp32 and Q/DQ int8,
-and for an fp16-typed ONNX its fp32 twin (same fp16-rounded weights, fp32 types and casts), because the CPU
+The reference is always a model onnxruntime's CPU provider runs: the ONNX itself for fp32 and Q/DQ int8 (int8
+with graph optimizations off, the Q/DQ arithmetic as written), and for an fp16-typed ONNX its fp32 twin (same fp16-rounded weights, fp32 types and casts), because the CPU
 provider lacks fp16 kernels for many operators. Bars (:data:`densegraph.parity.TOLERANCES`): fp32
 elementwise ``tol + tol |ref|``; fp16 ``tol * max |ref|``; int8 the logits SQNR bar of the ONNX int8 path —
 top-1 agreement on random inputs says little on an untrained net, whose logits are nearly tied.
