@@ -345,3 +345,31 @@ def test_fake_trtexec_takes_calib_only_with_int8_and_this_versions_cache(tmp_pat
     dla = run(f"--onnx={onnx_path}", "--int8", "--fp16", "--useDLACore=0")
     assert dla.returncode == 1 and "not supported on DLA" in dla.stderr
     assert "[TensorRT v100300]" in run("--help").stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a real DLA: only on a Jetson whose TensorRT reports DLA cores
+
+
+def _dla_reason() -> str | None:
+    from densegraph.export.tensorrt import cuda
+
+    if not cuda.cuda_available():
+        return "needs a CUDA GPU"
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        return f"needs the tensorrt package: {exc}"
+    if not int(tensorrt.Builder(tensorrt.Logger()).num_DLA_cores):
+        return f"TensorRT {tensorrt.__version__} reports no DLA core here"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_real_dla_int8_engine(tmp_path: Path, qdq_pair: tuple[Path, Path]) -> None:
+    reason = _dla_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    result = build_engine(qdq_pair[1], tmp_path, EngineOptions(precision="int8", dla_core=0, batch=(1, 2, 4)))
+    assert result["verification"]["passed"], result["verification"]["summary"]
