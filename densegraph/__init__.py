@@ -1,8 +1,9 @@
 """densegraph: a compiler for densely connected networks.
 
 YAML spec -> :func:`load_spec` -> :func:`build_graph` (a networkx connection graph with exact cost) -> backends
-(``densegraph.lower.torch``, ``densegraph.export.onnx``, ``densegraph.export.tensorrt``); :func:`build` makes a
-verified model folder (:mod:`densegraph.builder`). Importing this package
+(``densegraph.lower.torch``, ``densegraph.export.onnx``, ``densegraph.export.tensorrt``) -> runners
+(:mod:`densegraph.runners`); :func:`build` makes a verified model folder (:mod:`densegraph.builder`),
+:func:`bench` times a model, :func:`heatmap` draws the paper's Fig. 5, :func:`import_weights` converts weights. Importing this package
 imports neither torch, onnx, onnxruntime nor tensorrt; the backends are loaded on first use.
 """
 
@@ -29,6 +30,9 @@ __all__ = [
     "to_torch",
     "freeze",
     "build",
+    "bench",
+    "heatmap",
+    "import_weights",
     "__version__",
 ]
 
@@ -54,3 +58,27 @@ def build(spec: Any, **options: Any) -> Any:
     from .builder import build as _build
 
     return _build(spec, **options)
+
+
+def bench(model: Any, **options: Any) -> Any:
+    """Latency and throughput of a spec, a ``.onnx`` or an engine per batch size; a
+    :class:`~densegraph.benchmark.BenchReport` (keywords: see :func:`densegraph.benchmark.bench`)."""
+    from .benchmark import bench as _bench
+
+    return _bench(model, **options)
+
+
+def heatmap(spec: Any, **options: Any) -> Any:
+    """The paper's Fig. 5 for a spec with ``weights``, drawn to ``output``; a
+    :class:`~densegraph.heatmaps.HeatmapResult` (keywords: see :func:`densegraph.heatmaps.heatmap`)."""
+    from .heatmaps import heatmap as _heatmap
+
+    return _heatmap(spec, **options)
+
+
+def import_weights(source: Any, **options: Any) -> Any:
+    """Check a torchvision state_dict or checkpoint against ``spec`` and write it to ``output``; an
+    :class:`~densegraph.lower.weights.ImportedWeights` (see :func:`densegraph.lower.weights.import_weights`)."""
+    from .lower.weights import import_weights as _import_weights
+
+    return _import_weights(source, **options)

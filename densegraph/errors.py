@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Loc", "DensegraphError", "SpecError", "CheckpointError", "DataError", "BuildError", "OutputError"]
+__all__ = [
+    "Loc",
+    "DensegraphError",
+    "SpecError",
+    "CheckpointError",
+    "DataError",
+    "BuildError",
+    "OutputError",
+    "ModelLoadError",
+]
 
 
 @dataclass(frozen=True)
@@ -72,3 +81,11 @@ class BuildError(DensegraphError):
 class OutputError(DensegraphError):
     """An output path densegraph will not write or replace (a device, a folder, files it did not write), or
     cannot (no space, no permission)."""
+
+
+class ModelLoadError(DensegraphError):
+    """A model file a runtime (onnxruntime, TensorRT) cannot load; ``reason`` is the runtime's own first line."""
+
+    def __init__(self, message: str, *, reason: str, loc: Loc | None = None, hint: str | None = None) -> None:
+        super().__init__(message, loc=loc, hint=hint)
+        self.reason = reason

@@ -3,26 +3,25 @@
 :func:`evaluate` scores a spec with weights (PyTorch; a file, or ``torchvision`` / ``timm[:variant]`` for
 published ones), a ``model.onnx`` (onnxruntime; input ``images``, output ``logits``, the input shape read from
 the model, the preprocessing from its ``densegraph.preprocess`` metadata when present) or a ``model.engine`` /
-``.plan`` (TensorRT, through :class:`densegraph.export.tensorrt.EngineRunner`) on a split of ``digits`` or an
+``.plan`` (TensorRT) on a split of ``digits`` or an
 image folder (see :mod:`densegraph.data`). By default the test split where the data has one, else val. Image
-folders stream through a ``DataLoader`` with worker processes, so memory stays bounded by the batch.
+folders stream through a ``DataLoader`` with worker processes, so memory stays bounded by the batch. The model
+runs through its runner (:mod:`densegraph.runners`), released when the scoring ends.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from ._io import check_regular
 from .data import Dataset, ImageFiles, default_eval_split, image_dataset, limit_indices, worker_errors
 from .errors import DataError, DensegraphError, Loc
+from .runners import ENGINE_SUFFIXES, ONNX_SUFFIXES, BaseRunner
+from .runners.base import METADATA_CLASSES, METADATA_PREPROCESS
 
 __all__ = [
     "evaluate",
@@ -31,32 +30,15 @@ __all__ = [
     "LoadedModel",
     "EvalResult",
     "predictor_from_path",
-    "onnx_image_model",
-    "OnnxImageModel",
+    "open_model",
     "ONNX_SUFFIXES",
     "ENGINE_SUFFIXES",
     "METADATA_PREPROCESS",
     "METADATA_CLASSES",
 ]
 
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-METADATA_PREPROCESS = "densegraph.preprocess"  # ONNX metadata_props key: the spec's preprocess as JSON
-METADATA_CLASSES = "densegraph.classes"  # ONNX metadata_props key: the class names as a JSON list
-
 Predictor = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]  # (samples done, samples in all)
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to score numpy batches: ``predict`` float32 ``[N, C, H, W]`` -> logits ``[N, classes]``."""
-
-    predict: Predictor
-    input_shape: tuple[int, int, int]
-    description: str
-    preprocess: dict[str, Any]
-    classes: list[str] | None = None
 
 
 @dataclass
@@ -166,18 +148,19 @@ def evaluate(
         raise DataError(
             "a .npy file has no labels to score against", loc=Loc(source), hint="use digits or DIR"
         )
-    loaded = load_model(os.fspath(model), weights=weights, device=device)
-    chosen = split or default_eval_split(source)
-    dataset = image_dataset(source, loaded.input_shape, split=chosen, preprocess=loaded.preprocess)
-    dataset = dataset.subset(limit_indices(len(dataset), limit))
-    correct, correct5, samples = score(
-        loaded.predict,
-        dataset,
-        batch_size=batch_size,
-        workers=workers,
-        pin_memory=device == "cuda",
-        progress=progress,
-    )
+    with open_model(model, weights=weights, device=device) as runner:
+        chosen = split or default_eval_split(source)
+        dataset = image_dataset(source, runner.input_chw, split=chosen, preprocess=runner.preprocess)
+        dataset = dataset.subset(limit_indices(len(dataset), limit))
+        correct, correct5, samples = score(
+            runner,
+            dataset,
+            batch_size=batch_size,
+            workers=workers,
+            pin_memory=device == "cuda",
+            progress=progress,
+        )
+        description = runner.name
     return EvalResult(
         top1=round(100.0 * correct / samples, 4),
         top5=round(100.0 * correct5 / samples, 4),
@@ -186,275 +169,77 @@ def evaluate(
         correct5=correct5,
         split=chosen,
         source=source,
-        model=loaded.description,
+        model=description,
     )
 
 
 # ---------------------------------------------------------------------------------------------------------
-# models
+# models: runners (densegraph.runners), with the checks eval and predict make first
 
 
-def _imagenet_classes() -> list[str]:
-    from importlib import resources
+@dataclass
+class LoadedModel:
+    """A loaded runner seen as an image classifier: ``predict`` float32 ``[N, C, H, W]`` -> logits
+    ``[N, classes]``, its input shape, preprocessing and class names. ``release()`` (or ``with``) frees it."""
 
-    text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
-    return text.splitlines()
+    runner: BaseRunner
 
+    @property
+    def predict(self) -> Predictor:
+        return self.runner
 
-def resolve_weights(
-    graph: Any, weights: str | os.PathLike[str], *, progress: Callable[[int, int | None], None] | None = None
-) -> tuple[Path, dict[str, Any], list[str] | None]:
-    """The weights file ``weights`` names (published weights are fetched), preprocess overrides, class names."""
-    from .hub import fetch_weights, is_weights_name, published_weights
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.runner.input_chw
 
-    text = os.fspath(weights)
-    if is_weights_name(text):
-        entry = published_weights(text, graph.graph["name"])
-        classes = _imagenet_classes() if entry.labels == "imagenet" else None
-        return fetch_weights(entry, progress=progress), dict(entry.preprocess), classes
-    from .lower.weights import load_file
+    @property
+    def description(self) -> str:
+        return self.runner.name
 
-    obj = load_file(text)
-    classes = obj.get("classes") if isinstance(obj, dict) else None
-    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        classes = None
-    return Path(text), {}, classes
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return dict(self.runner.preprocess or {})
 
+    @property
+    def classes(self) -> list[str] | None:
+        return self.runner.classes
 
-def _torch_model(spec: str, weights: str | os.PathLike[str], device: str) -> LoadedModel:
-    import torch
+    def release(self) -> None:
+        self.runner.release()
 
-    from .lower.torch import graph_of, to_torch
-    from .lower.weights import load_weights
+    def __enter__(self) -> LoadedModel:
+        return self
 
-    graph = graph_of(spec)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DensegraphError("--device cuda: no CUDA GPU is available", hint="use --device cpu")
-    path, overrides, classes = resolve_weights(graph, weights)
-    module = to_torch(graph)
-    load_weights(module, path, model_name=spec)
-    module = module.to(device).eval()
-
-    @torch.no_grad()
-    def predict(x: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
-        return module(batch).float().cpu().numpy()
-
-    c, h, w = graph.graph["input_shape"]
-    preprocess = {**graph.graph["preprocess"], **overrides}
-    return LoadedModel(
-        predict, (c, h, w), f"{spec} + {os.fspath(weights)} (PyTorch, {device})", preprocess, classes
-    )
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
-def _metadata_record(
-    metadata: dict[str, str], shape: tuple[int, int, int], where: Loc
-) -> tuple[dict[str, Any], list[str] | None]:
-    from .spec import default_preprocess
-    from .transforms import check_preprocess
-
-    preprocess = default_preprocess("cifar", shape[0], (shape[1], shape[2])).as_dict()
-    if METADATA_PREPROCESS in metadata:
-        try:
-            preprocess = json.loads(metadata[METADATA_PREPROCESS])
-        except json.JSONDecodeError:
-            raise DataError(f"the model's {METADATA_PREPROCESS} metadata is not JSON", loc=where) from None
-        preprocess = check_preprocess(preprocess, shape[0], where)
-        if tuple(preprocess["crop"]) != shape[1:]:
-            raise DataError(
-                f"the model's {METADATA_PREPROCESS} crops to {preprocess['crop']}, its input is {list(shape[1:])}",
-                loc=where,
-            )
-    classes = None
-    if METADATA_CLASSES in metadata:
-        try:
-            value = json.loads(metadata[METADATA_CLASSES])
-        except json.JSONDecodeError:
-            value = None
-        if isinstance(value, list) and all(isinstance(c, str) for c in value):
-            classes = value
-    return preprocess, classes
-
-
-_ORT_IMAGE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-_ORT_LOGIT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
-
-
-@dataclass(frozen=True)
-class OnnxImageModel:
-    """An onnxruntime session on a model that takes one image batch and gives logits, checked on load.
-
-    Call it with an array ``[n, C, H, W]`` (cast to the input's type); a failure inside onnxruntime is one
-    :class:`DensegraphError` naming the model.
-    """
-
-    session: Any
-    path: str
-    input_name: str
-    output_name: str
-    chw: tuple[int, int, int]
-    fixed_batch: int | None
-    dtype: Any
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        try:
-            return self.session.run([self.output_name], {self.input_name: x})[0]
-        except Exception as exc:
-            if not type(exc).__module__.startswith("onnxruntime"):
-                raise
-            raise DensegraphError(
-                f"onnxruntime failed running the model on a batch {list(x.shape)}: {_ort_reason(exc)}",
-                loc=Loc(self.path),
-                hint="eval and bench feed images [batch, C, H, W] to a model exported for them",
-            ) from None
-
-
-def _ort_reason(exc: Exception) -> str:
-    """onnxruntime's message without its source path and C++ signature: ``the Reshape node: The input …``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    found = re.search(r"while running (\S+) node.*?Status Message: (.*)", text)
-    if found is None:
-        return text
-    reason = re.sub(r"^/\S+:\d+ \S+\(.*?\) ", "", found.group(2))
-    return f"the {found.group(1)} node: {reason}"
-
-
-def onnx_image_model(path: str, providers: list[str]) -> OnnxImageModel:
-    """Open ``path`` in onnxruntime and check that it takes one float image batch ``[batch, C, H, W]`` (fixed
-    C, H, W) and gives float logits ``[batch, classes]``; anything else is one :class:`DensegraphError`."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise DensegraphError(
-            "onnxruntime is not installed", hint="pip install 'densegraph[cpu]' (or [gpu] on a GPU machine)"
-        ) from None
-    where = Loc(path)
-    check_regular(path, what="ONNX model", missing_hint="check the path to the ONNX model")
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: a failure is reported once, as one line, by the caller
-    try:
-        session = ort.InferenceSession(path, options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DensegraphError(f"onnxruntime cannot load the model: {first}", loc=where) from None
-    expects = "one input, images [batch, C, H, W] float32 (or float16)"
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
-        names = ", ".join(f"{i.name!r} {i.type} {list(i.shape)}" for i in inputs) or "none"
-        raise DensegraphError(
-            f"the model has {len(inputs)} required inputs ({names}); densegraph feeds {expects}", loc=where
-        )
-    inp = inputs[0]
-    dtype = _ORT_IMAGE_TYPES.get(inp.type)
-    if dtype is None:
-        raise DensegraphError(
-            f"input {inp.name!r} is {inp.type}; densegraph feeds {expects}",
-            loc=where,
-            hint="this model does not take images",
-        )
-    shape = list(inp.shape)
-    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise DensegraphError(
-            f"input {inp.name!r} has shape {shape}; densegraph feeds {expects} with fixed C, H, W", loc=where
-        )
-    out = next((o for o in outputs if o.name == "logits"), outputs[0])
-    if out.type not in _ORT_LOGIT_TYPES or (isinstance(out.shape, list) and len(out.shape) != 2):
-        raise DensegraphError(
-            f"output {out.name!r} is {out.type} {list(out.shape)}; expected float logits [batch, classes]",
-            loc=where,
-        )
-    fixed = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-    c, h, w = shape[1:]
-    return OnnxImageModel(session, path, inp.name, out.name, (c, h, w), fixed, dtype)
-
-
-def _onnx_model(path: str, device: str) -> LoadedModel:
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DensegraphError(
-                "--device cuda: onnxruntime has no CUDA provider", hint="pip install 'densegraph[gpu]'"
-            )
-        providers.insert(0, "CUDAExecutionProvider")
-    model = onnx_image_model(path, providers)
-    fixed_batch = model.fixed_batch
-
-    def checked(x: np.ndarray) -> np.ndarray:
-        logits = np.asarray(model(x))
-        if logits.ndim != 2 or logits.shape[0] != len(x):
-            raise DensegraphError(
-                f"the model gave outputs of shape {list(logits.shape)} for {len(x)} inputs; expected "
-                "[batch, classes]",
-                loc=Loc(path),
-            )
-        return logits
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        if fixed_batch is None:
-            return checked(x).astype(np.float32)
-        pieces = []
-        for start in range(0, len(x), fixed_batch):
-            chunk = x[start : start + fixed_batch]
-            n = len(chunk)
-            if n < fixed_batch:
-                chunk = np.concatenate([chunk, np.zeros((fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
-            pieces.append(checked(chunk)[:n])
-        return np.concatenate(pieces).astype(np.float32)
-
-    metadata = dict(model.session.get_modelmeta().custom_metadata_map or {})
-    preprocess, classes = _metadata_record(metadata, model.chw, Loc(path))
-    description = f"{path} (onnxruntime, {model.session.get_providers()[0]})"
-    return LoadedModel(predict, model.chw, description, preprocess, classes)
-
-
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # a broken neighbour is no reason to refuse the engine
-        return {}
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def _engine_model(path: str) -> LoadedModel:
-    from .export.tensorrt import EngineRunner
-
-    runner = EngineRunner(path)
-    c, h, w = (int(d) for d in runner.input_chw)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return np.asarray(runner(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
-
-    # an engine carries no metadata; the ONNX it was built from (same folder, same stem) does
-    beside = Path(path).with_suffix(".onnx")
-    metadata = _onnx_metadata(beside) if beside.is_file() else {}
-    preprocess, classes = _metadata_record(metadata, (c, h, w), Loc(str(beside)))
-    return LoadedModel(predict, (c, h, w), f"{path} (TensorRT)", preprocess, classes)
-
-
-def load_model(
+def open_model(
     model: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, device: str = "cpu"
-) -> LoadedModel:
-    """A numpy predictor for a spec (+ ``weights``), a ``.onnx`` or an engine, with its preprocessing."""
+) -> BaseRunner:
+    """The runner (not loaded) for a spec (+ ``weights``, required), a ``.onnx`` or an engine."""
+    from .runners import open_runner, runner_kind
+
     model = os.fspath(model)
-    suffix = Path(model).suffix.lower()
-    if suffix in ONNX_SUFFIXES or suffix in ENGINE_SUFFIXES:
+    if runner_kind(model) != "spec":
         if weights is not None:
             raise DensegraphError(
                 "--weights applies to a spec; an ONNX model or engine carries its weights", loc=Loc(model)
             )
-        return _onnx_model(model, device) if suffix in ONNX_SUFFIXES else _engine_model(model)
-    if weights is None:
+    elif weights is None:
         raise DensegraphError(
             "evaluating a spec needs --weights",
             loc=Loc(model),
             hint="pass RUN/best.pt of `densegraph train`, a state_dict, or torchvision / timm for published ones",
         )
-    return _torch_model(model, weights, device)
+    return open_runner(model, weights=weights, device=device)
+
+
+def load_model(
+    model: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, device: str = "cpu"
+) -> LoadedModel:
+    """A loaded numpy predictor for a spec (+ ``weights``), a ``.onnx`` or an engine, with its preprocessing."""
+    return LoadedModel(open_model(model, weights=weights, device=device).load())
 
 
 def predictor_from_path(

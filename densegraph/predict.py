@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DensegraphError
-from .evaluate import load_model
+from .evaluate import open_model
 from .transforms import image_to_input
 
 __all__ = ["predict", "Prediction", "ClassScore"]
@@ -69,27 +69,28 @@ def predict(
         raise DensegraphError(f"--top must be positive, got {top}")
     if not images:
         raise DensegraphError("no images to classify", hint="densegraph predict MODEL IMAGE...")
-    loaded = load_model(model, weights=weights, device=device)
-    channels = loaded.input_shape[0]
-    results: list[Prediction] = []
     paths = [os.fspath(p) for p in images]
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        x = np.stack([image_to_input(p, loaded.preprocess, channels) for p in chunk])
-        probabilities = _softmax(np.asarray(loaded.predict(x), dtype=np.float32))
-        k = min(top, probabilities.shape[1])
-        names = loaded.classes if loaded.classes and len(loaded.classes) == probabilities.shape[1] else None
-        for path, row in zip(chunk, probabilities, strict=True):
-            order = np.argsort(-row, kind="stable")[:k]
-            results.append(
-                Prediction(
-                    path,
-                    [
-                        ClassScore(int(i), round(float(row[i]), 6), names[int(i)] if names else None)
-                        for i in order
-                    ],
-                )
-            )
-        if progress is not None:
-            progress(len(results), len(paths))
+    results: list[Prediction] = []
+    with open_model(model, weights=weights, device=device) as runner:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            x = np.stack([image_to_input(p, runner.preprocess or {}, runner.input_chw[0]) for p in chunk])
+            results.extend(_top(chunk, _softmax(runner(x)), top, runner.classes))
+            if progress is not None:
+                progress(len(results), len(paths))
     return results
+
+
+def _top(
+    paths: list[str], probabilities: np.ndarray, top: int, classes: list[str] | None
+) -> list[Prediction]:
+    k = min(top, probabilities.shape[1])
+    names = classes if classes and len(classes) == probabilities.shape[1] else None
+    found = []
+    for path, row in zip(paths, probabilities, strict=True):
+        order = np.argsort(-row, kind="stable")[:k]
+        scores = [
+            ClassScore(int(i), round(float(row[i]), 6), names[int(i)] if names else None) for i in order
+        ]
+        found.append(Prediction(path, scores))
+    return found

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import densegraph.export.tensorrt as trt_backend
-from densegraph.bench import model_kind, time_batches
+from densegraph.benchmark import model_kind, time_batches
 from densegraph.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,13 +81,10 @@ def test_engine_through_the_tensorrt_runner(
         precision = "fp16"
         input_chw = (3, 64, 64)
 
-        def __init__(self, path: Path) -> None:
+        def __init__(self, path: Path, **options: Any) -> None:
             seen["path"] = Path(path)
 
-        def __enter__(self) -> Runner:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
+        def close(self) -> None:
             seen["closed"] = True
 
     def bench_engine(runner: Runner, batches: list[int], *, iters: int, warmup: int) -> list[dict[str, Any]]:

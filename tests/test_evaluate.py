@@ -116,8 +116,11 @@ def test_eval_engine_through_engine_runner(
     class FakeRunner:  # EngineRunner's interface: input_chw, and numpy batches in -> numpy logits out
         input_chw = (1, 8, 8)
 
-        def __init__(self, path: str) -> None:
+        def __init__(self, path: str, **options: Any) -> None:
             opened.append(str(path))
+
+        def close(self) -> None:
+            pass
 
         def __call__(self, x: np.ndarray) -> np.ndarray:
             assert x.dtype == np.float32 and x.shape[1:] == (1, 8, 8)

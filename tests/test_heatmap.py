@@ -1,4 +1,4 @@
-"""densegraph.heatmap: the paper's Fig. 5 matrices, checked against hand-set weights, and the CLI."""
+"""densegraph.heatmaps: the paper's Fig. 5 matrices, checked against hand-set weights, and the CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from densegraph.cli import main
 from densegraph.graph import build_graph
-from densegraph.heatmap import heatmap_matrices
+from densegraph.heatmaps import heatmap_matrices
 from densegraph.lower.torch import to_torch
 from densegraph.spec import spec_from_string
 

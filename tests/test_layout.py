@@ -27,11 +27,7 @@ KNOWN = {
         "densegraph.graph.check_graph",
         "densegraph.spec._validate",
     },
-    "cli-only": {
-        "densegraph.bench",
-        "densegraph.heatmap",
-        "densegraph.lower.weights",
-    },
+    "cli-only": set(),
 }
 
 

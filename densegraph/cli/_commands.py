@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from ..errors import DensegraphError
@@ -259,9 +258,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         f"{result['gpu']['name']} (sm {result['gpu']['compute_capability']})"
     )
     if result["bench"]:
-        from ..bench import print_table
-
-        print_table(
+        _print_bench_table(
             {
                 "model": result["engine_path"],
                 "backend": "tensorrt",
@@ -275,10 +272,61 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+def _cmd_import_weights(args: argparse.Namespace) -> int:
+    from ..lower.weights import import_weights
 
-        return int(getattr(importlib.import_module(module, "densegraph"), function)(args) or 0)
+    done = import_weights(args.source, spec=args.spec, output=args.output)
+    print(f"wrote {done.output} ({done.tensors} tensors, {done.parameters:,} parameters, spec {done.spec})")
+    return 0
 
-    return run
+
+def _cmd_heatmap(args: argparse.Namespace) -> int:
+    from ..heatmaps import heatmap
+
+    result = heatmap(args.spec, weights=args.weights, output=args.output, write_json=args.json)
+    for written in result.written:
+        print(f"wrote {written}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ..benchmark import bench
+
+    report = bench(
+        args.model,
+        batch_sizes=args.batch_sizes,
+        iters=args.iters,
+        warmup=args.warmup,
+        frozen=args.frozen,
+        device=args.device,
+        weights=args.weights,
+    )
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        _print_bench_table(report.as_dict())
+    return 0
+
+
+def _print_bench_table(report: dict[str, Any]) -> None:
+    """A bench report as a table: one row per batch size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    backend = report["backend"] + (f", {report['provider']}" if report.get("provider") else "")
+    threads = f", {report['threads']} threads" if report.get("threads") else ""
+    table = Table(
+        title=f"{report['model']} — {backend} on {report['device']}{threads}, {report['precision'] or '?'}",
+        caption=f"{report['iters']} timed runs after {report['warmup']} warm-up runs per batch size",
+    )
+    for column in ("batch", "median ms", "p90 ms", "mean ms", "images/s"):
+        table.add_column(column, justify="right")
+    for row in report["results"]:
+        table.add_row(
+            str(row["batch"]),
+            f"{row['latency_ms_p50']:.2f}",
+            f"{row['latency_ms_p90']:.2f}",
+            f"{row['latency_ms_mean']:.2f}",
+            f"{row['throughput_per_s']:.1f}",
+        )
+    Console().print(table)

@@ -21,16 +21,18 @@ from ._args import (
     _seed,
 )
 from ._commands import (
+    _cmd_bench,
     _cmd_build,
     _cmd_engine,
     _cmd_eval,
     _cmd_graph,
+    _cmd_heatmap,
+    _cmd_import_weights,
     _cmd_locate,
     _cmd_predict,
     _cmd_summary,
     _cmd_train,
     _cmd_validate,
-    _lazy,
 )
 
 _WEIGHTS_HELP = (
@@ -188,7 +190,7 @@ def _add_import_weights(sub: Any) -> None:
     p.add_argument("source", metavar="SRC", help="the weights file (.pth, .pt, .bin)")
     p.add_argument("--spec", required=True, metavar="SPEC", help="the model spec the weights are for")
     p.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="the state_dict file to write")
-    p.set_defaults(func=_lazy(".lower.weights", "run_import_weights"))
+    p.set_defaults(func=_cmd_import_weights)
 
 
 def _add_train(sub: Any) -> None:
@@ -287,7 +289,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--frozen", action="store_true", help="PyTorch: bench the frozen inference module")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: the GPU when there is one")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.set_defaults(func=_lazy(".bench", "run_bench"))
+    p.set_defaults(func=_cmd_bench)
 
 
 def _add_heatmap(sub: Any) -> None:
@@ -296,7 +298,7 @@ def _add_heatmap(sub: Any) -> None:
     p.add_argument("--weights", required=True, metavar="W", help="trained weights for the spec")
     p.add_argument("-o", "--output", required=True, metavar="FIG.png", help="the figure to write")
     p.add_argument("--json", action="store_true", help="also write the matrices to FIG.json")
-    p.set_defaults(func=_lazy(".heatmap", "run_heatmap"))
+    p.set_defaults(func=_cmd_heatmap)
 
 
 def _version() -> str:

@@ -14,7 +14,6 @@ before anything in it runs. Accepted layouts:
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import pickle
@@ -23,6 +22,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ __all__ = [
     "load_weights",
     "check_tensors",
     "save_atomic",
-    "run_import_weights",
+    "import_weights",
+    "ImportedWeights",
 ]
 
 # torchvision.models.densenet._load_state_dict's rule (plus num_batches_tracked, which newer saves carry)
@@ -294,16 +295,29 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def run_import_weights(args: argparse.Namespace) -> int:
-    """``densegraph import-weights SRC --spec SPEC -o OUT.pt``: check SRC against SPEC and write a plain state_dict."""
+@dataclass
+class ImportedWeights:
+    """What :func:`import_weights` wrote: a plain state_dict of ``tensors`` tensors for the spec ``spec``."""
+
+    output: Path
+    tensors: int
+    parameters: int
+    spec: str
+
+
+def import_weights(
+    source: str | os.PathLike[str], *, spec: str | os.PathLike[str], output: str | os.PathLike[str]
+) -> ImportedWeights:
+    """Check ``source`` (a torchvision state_dict, a checkpoint, …) against ``spec`` strictly and write its
+    tensors under this package's names to ``output`` as a plain state_dict (atomically)."""
     from ..graph import build_graph
     from ..spec import load_spec
     from .torch import module_from_graph
 
-    graph = build_graph(load_spec(args.spec))
+    graph = build_graph(load_spec(spec))
     module = module_from_graph(graph, seed=0)
-    load_weights(module, args.source, model_name=args.spec)
-    out = Path(args.output)
+    load_weights(module, os.fspath(source), model_name=os.fspath(spec))
+    out = Path(output)
     if not out.parent.is_dir():
         raise DensegraphError("the output folder does not exist", loc=Loc(str(out.parent) or "."))
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -312,5 +326,4 @@ def run_import_weights(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise DensegraphError(f"cannot write the output: {exc.strerror or exc}", loc=Loc(str(out))) from None
     params = sum(p.numel() for p in module.parameters())
-    print(f"wrote {out} ({len(state)} tensors, {params:,} parameters, spec {graph.graph['name']})")
-    return 0
+    return ImportedWeights(out, len(state), params, graph.graph["name"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hostile import REPO, assert_refused, run_cli, snapshot
 
-import densegraph.heatmap as heatmap
+import densegraph.heatmaps as heatmap
 from densegraph.cli import main
 from densegraph.lower.torch import to_torch
 

@@ -8,14 +8,13 @@ that come from source ``s``: ``mean |W[:, offset : offset + channels]|`` with ``
 from the edge ``s -> t``. It is NaN (``null`` in JSON) where ``t`` does not read ``s``. Only nodes, edges and ops
 are used, so any connectivity rule the graph can express gets its map.
 
-``densegraph heatmap SPEC --weights W -o FIG.png [--json]`` draws the maps with :func:`densegraph.viz.draw_heatmap`
-(each target column scaled by its largest entry, as in the paper); ``--json`` also writes the unscaled averages
-to ``FIG.json`` next to the figure.
+:func:`heatmap` (``densegraph heatmap SPEC --weights W -o FIG.png [--json]``) draws the maps with
+:func:`densegraph.viz.draw_heatmap` (each target column scaled by its largest entry, as in the paper); with
+``write_json`` it also writes the unscaled averages to ``FIG.json`` next to the figure.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -32,7 +31,7 @@ import numpy as np
 from ._io import write_atomic
 from .errors import DensegraphError, Loc
 
-__all__ = ["BlockHeatmap", "heatmap_matrices", "heatmap_json", "run_heatmap"]
+__all__ = ["BlockHeatmap", "HeatmapResult", "heatmap", "heatmap_matrices", "heatmap_json"]
 
 
 @dataclass
@@ -62,6 +61,14 @@ def _input_width(op: dict[str, Any]) -> int | None:
 def _first_weighted_op(graph: nx.DiGraph, node: str) -> dict[str, Any] | None:
     width = graph.nodes[node]["in_channels"]
     return next((op for op in graph.nodes[node]["ops"] if op.get("name") and _input_width(op) == width), None)
+
+
+@dataclass
+class HeatmapResult:
+    """The maps of one :func:`heatmap` run and the files it wrote (the figure, then its JSON if asked)."""
+
+    maps: list[BlockHeatmap]
+    written: list[Path]
 
 
 def heatmap_matrices(graph: nx.DiGraph, state_dict: Mapping[str, Any]) -> list[BlockHeatmap]:
@@ -108,39 +115,37 @@ def heatmap_json(maps: list[BlockHeatmap], **meta: Any) -> dict[str, Any]:
     }
 
 
-def run_heatmap(args: argparse.Namespace) -> int:
-    """``densegraph heatmap SPEC --weights W -o FIG.png [--json]``.
+def heatmap(
+    spec: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    write_json: bool = False,
+) -> HeatmapResult:
+    """Draw the per-block maps of ``spec`` with ``weights`` to the figure ``output`` (``.png``, ``.svg``, …).
 
-    With ``--json`` the figure and ``FIG.json`` are written together or not at all: both are made in a staging
-    folder beside them, after the document has been validated, and moved into place only when both exist.
+    With ``write_json`` the figure and ``FIG.json`` are written together or not at all: both are made in a
+    staging folder beside them, after the document has been validated, and moved into place only when both
+    exist.
     """
     from ._io import output_file
     from .lower.torch import graph_of, to_torch
     from .lower.weights import load_weights
     from .viz import draw_heatmap
 
-    figure = Path(args.output)
+    figure = Path(output)
     if not figure.parent.is_dir():
         raise DensegraphError("the output folder does not exist", loc=Loc(str(figure.parent)))
     # a device or a folder in the way is refused before the figure is drawn; a link stays, its file is written
-    targets = [output_file(t) for t in ((figure, figure.with_suffix(".json")) if args.json else (figure,))]
-    graph = graph_of(args.spec)
+    wanted = [figure, figure.with_suffix(".json")] if write_json else [figure]
+    targets = [output_file(t) for t in wanted]
+    graph = graph_of(spec)
     module = to_torch(graph)
-    load_weights(module, args.weights, model_name=args.spec)
+    load_weights(module, weights, model_name=os.fspath(spec))
     maps = heatmap_matrices(graph, module.state_dict())
     if not maps:
-        raise DensegraphError("the spec has no dense blocks to map", loc=Loc(os.fspath(args.spec)))
-    text = b""
-    if args.json:
-        doc = heatmap_json(maps, spec=os.fspath(args.spec), weights=os.fspath(args.weights))
-        try:
-            text = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
-        except ValueError:
-            raise DensegraphError(
-                "the weights give non-finite averages: no heat map written",
-                loc=Loc(os.fspath(args.weights)),
-                hint="check the weights for NaN or infinite values",
-            ) from None
+        raise DensegraphError("the spec has no dense blocks to map", loc=Loc(os.fspath(spec)))
+    text = _json_bytes(maps, spec, weights) if write_json else b""
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{figure.name}.", suffix=".tmp", dir=targets[0].parent))
     except OSError as exc:
@@ -150,21 +155,33 @@ def run_heatmap(args: argparse.Namespace) -> int:
     try:
         staged = [stage / f"figure{figure.suffix}", stage / "figure.json"][: len(targets)]
         draw_heatmap([m.matrix for m in maps], [m.title for m in maps], staged[0])
-        if args.json:
+        if write_json:
             write_atomic(staged[1], lambda f: f.write(text))
         _replace_together(list(zip(staged, targets, strict=True)), stage)
     except OSError as exc:
         # named by the output: the staging folder it happened in is gone by the time the user reads this
         raise DensegraphError(
-            f"cannot write the heat map{' and its JSON' if args.json else ''}: {exc.strerror or exc}; "
+            f"cannot write the heat map{' and its JSON' if write_json else ''}: {exc.strerror or exc}; "
             "nothing was replaced",
             loc=Loc(str(figure)),
         ) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    for written in (figure, figure.with_suffix(".json")) if args.json else (figure,):
-        print(f"wrote {written}")
-    return 0
+    return HeatmapResult(maps, wanted)
+
+
+def _json_bytes(
+    maps: list[BlockHeatmap], spec: str | os.PathLike[str], weights: str | os.PathLike[str]
+) -> bytes:
+    doc = heatmap_json(maps, spec=os.fspath(spec), weights=os.fspath(weights))
+    try:
+        return (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
+    except ValueError:
+        raise DensegraphError(
+            "the weights give non-finite averages: no heat map written",
+            loc=Loc(os.fspath(weights)),
+            hint="check the weights for NaN or infinite values",
+        ) from None
 
 
 def _replace_together(moves: list[tuple[Path, Path]], stage: Path) -> None:

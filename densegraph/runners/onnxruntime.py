@@ -1,0 +1,237 @@
+"""An ONNX model in onnxruntime, behind the runner interface.
+
+On load the model is checked to be what densegraph feeds and reads: one float image input ``[batch, C, H, W]``
+(fixed C, H, W) and float logits ``[batch, classes]``; anything else, and any failure inside onnxruntime, is
+one :class:`~densegraph.errors.DensegraphError` naming the model. onnxruntime is imported on load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._io import check_regular
+from ..errors import BuildError, DensegraphError, Loc, ModelLoadError
+from .base import BaseRunner, TensorMeta, preprocess_from_metadata
+
+__all__ = ["OnnxRuntimeRunner", "import_onnxruntime", "best_providers", "providers_for"]
+
+_IMAGE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_LOGIT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+_EXPECTS = "one input, images [batch, C, H, W] float32 (or float16)"
+
+
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or one clear error naming the extra that installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BuildError(
+            "onnxruntime is not installed (it runs and verifies the ONNX models)",
+            hint="pip install 'densegraph[cpu]', or 'densegraph[gpu]' on an NVIDIA GPU machine (not both)",
+        ) from None
+    return onnxruntime
+
+
+def best_providers() -> list[str]:
+    """The onnxruntime execution providers to use, best first: TensorRT, CUDA, then CPU where present."""
+    ort = import_onnxruntime()
+
+    available = set(ort.get_available_providers())
+    preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    return [p for p in preferred if p in available] or ["CPUExecutionProvider"]
+
+
+def providers_for(device: str | None, *, fastest: bool = False) -> list[str]:
+    """Execution providers for ``device``: ``cpu``; ``cuda`` (CUDA with the CPU for what it lacks, or with
+    ``fastest`` every GPU provider, TensorRT's first); ``None``: the best this onnxruntime has."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device is None:
+        return best_providers()
+    if fastest:
+        gpu = [p for p in best_providers() if p != "CPUExecutionProvider"]
+        if not gpu:
+            raise DensegraphError(
+                "--device cuda asked for, but this onnxruntime has no CUDA or TensorRT execution provider",
+                hint="pip install onnxruntime-gpu",
+            )
+        return gpu
+    if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
+        raise DensegraphError(
+            "--device cuda: onnxruntime has no CUDA provider", hint="pip install 'densegraph[gpu]'"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _ort_reason(exc: Exception) -> str:
+    """onnxruntime's message without its source path and C++ signature: ``the Reshape node: The input …``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    found = re.search(r"while running (\S+) node.*?Status Message: (.*)", text)
+    if found is None:
+        return text
+    reason = re.sub(r"^/\S+:\d+ \S+\(.*?\) ", "", found.group(2))
+    return f"the {found.group(1)} node: {reason}"
+
+
+class OnnxRuntimeRunner(BaseRunner):
+    """An onnxruntime session on ``model`` (a path, or serialized bytes named by ``description``).
+
+    ``providers`` default to the CPU's; ``threads`` sets intra-op threads (default: onnxruntime's, one per
+    physical core). A model with a fixed batch is run in chunks of that batch by ``runner(x)``.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | bytes,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.path = None if isinstance(model, bytes) else os.fspath(model)
+        self._model = model if isinstance(model, bytes) else None
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.threads = threads
+        super().__init__(description or f"{self.path} (onnxruntime)")
+        self.session: Any = None
+        self.fixed_batch: int | None = None
+        self.metadata: dict[str, str] = {}
+        self._inputs: dict[str, TensorMeta] = {}
+        self._outputs: list[str] = []
+
+    @property
+    def _where(self) -> Loc | None:
+        return Loc(self.path) if self.path is not None else None
+
+    @property
+    def name(self) -> str:
+        if self.session is None or self.path is None:
+            return self._description
+        return f"{self.path} (onnxruntime, {self.session.get_providers()[0]})"
+
+    def _load(self) -> None:
+        ort = import_onnxruntime()
+        if self.path is not None:
+            check_regular(self.path, what="ONNX model", missing_hint="check the path to the ONNX model")
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # fatal only: a failure is reported once, as one line, by the caller
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        source = self._model if self._model is not None else self.path
+        try:
+            session = ort.InferenceSession(source, options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"onnxruntime cannot load the model: {first}", reason=first, loc=self._where
+            ) from None
+        self._check_io(session)
+        self.session = session
+        self.metadata = dict(session.get_modelmeta().custom_metadata_map or {})
+        (meta,) = self._inputs.values()
+        c, h, w = (int(d or 0) for d in meta.shape[1:])  # fixed: checked above
+        self.preprocess, self.classes = preprocess_from_metadata(
+            self.metadata, (c, h, w), self._where or Loc(self._description)
+        )
+
+    def _check_io(self, session: Any) -> None:
+        where = self._where
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1:
+            names = ", ".join(f"{i.name!r} {i.type} {list(i.shape)}" for i in inputs) or "none"
+            raise DensegraphError(
+                f"the model has {len(inputs)} required inputs ({names}); densegraph feeds {_EXPECTS}",
+                loc=where,
+            )
+        inp = inputs[0]
+        dtype = _IMAGE_TYPES.get(inp.type)
+        if dtype is None:
+            raise DensegraphError(
+                f"input {inp.name!r} is {inp.type}; densegraph feeds {_EXPECTS}",
+                loc=where,
+                hint="this model does not take images",
+            )
+        shape = list(inp.shape)
+        if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            raise DensegraphError(
+                f"input {inp.name!r} has shape {shape}; densegraph feeds {_EXPECTS} with fixed C, H, W",
+                loc=where,
+            )
+        out = next((o for o in outputs if o.name == "logits"), outputs[0])
+        if out.type not in _LOGIT_TYPES or (isinstance(out.shape, list) and len(out.shape) != 2):
+            raise DensegraphError(
+                f"output {out.name!r} is {out.type} {list(out.shape)}; expected float logits [batch, classes]",
+                loc=where,
+            )
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        self._inputs = {inp.name: TensorMeta(inp.name, (self.fixed_batch, *shape[1:]), np.dtype(dtype))}
+        self._outputs = [out.name, *(o.name for o in outputs if o.name != out.name)]
+
+    def _release(self) -> None:
+        self.session = None  # onnxruntime frees the session with its last reference
+
+    @property
+    def input_metadata(self) -> dict[str, TensorMeta]:
+        self._check_loaded("input_metadata")
+        return dict(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        self._check_loaded("output_names")
+        return list(self._outputs)
+
+    def _infer(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(self._outputs, dict(feed))
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            shape = list(np.shape(next(iter(feed.values()))))
+            raise DensegraphError(
+                f"onnxruntime failed running the model on a batch {shape}: {_ort_reason(exc)}",
+                loc=self._where,
+                hint="eval and bench feed images [batch, C, H, W] to a model exported for them",
+            ) from None
+        return dict(zip(self._outputs, values, strict=True))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Float32 logits for ``x`` ``[n, C, H, W]``, in chunks of the model's batch where it is fixed."""
+        fixed = self.fixed_batch
+        if fixed is None:
+            return self._logits(x)
+        pieces = []
+        for start in range(0, len(x), fixed):
+            chunk = x[start : start + fixed]
+            n = len(chunk)
+            if n < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+            pieces.append(self._logits(chunk)[:n])
+        return np.concatenate(pieces)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        logits = super().__call__(x)
+        if logits.ndim != 2 or logits.shape[0] != len(x):
+            raise DensegraphError(
+                f"the model gave outputs of shape {list(logits.shape)} for {len(x)} inputs; expected "
+                "[batch, classes]",
+                loc=self._where,
+            )
+        return logits
+
+    def report(self) -> dict[str, Any]:
+        self._check_loaded("report")
+        provider = self.session.get_providers()[0]
+        threads = self.session.get_session_options().intra_op_num_threads
+        return {
+            "backend": self.backend,
+            "provider": provider,
+            "device": "cpu" if provider == "CPUExecutionProvider" else "cuda",
+            "threads": int(threads) if threads else None,  # 0: onnxruntime's default, one per physical core
+        }
