@@ -14,7 +14,8 @@ import numpy as np
 
 from ..data import load_data
 from ..errors import BuildError, Loc
-from ..export.onnx import check_onnx, ort_session, run_onnx, save_onnx, set_metadata, stamp, verify_int8
+from ..export.onnx import check_onnx, save_onnx, set_metadata, stamp, verify_int8
+from ..runners.onnxruntime import OnnxRuntimeRunner
 from .options import BuildOptions
 
 if TYPE_CHECKING:
@@ -78,8 +79,7 @@ def int8_model(
         if labelled
         else calib
     )
-    fp32_logits = run_onnx(ort_session(fp32_path), scored.x)
-    int8_logits = run_onnx(ort_session(path), scored.x)
+    fp32_logits, int8_logits = (_onnx_logits(p, scored.x) for p in (fp32_path, path))
     parity = verify_int8(fp32_logits, int8_logits, scored.y if labelled else None)
     parity["data"] = f"{options.calib} {'val split' if labelled else '(the calibration samples)'}"
     calibration: dict[str, Any] = {
@@ -88,6 +88,12 @@ def int8_model(
         **{key: value for key, value in done.items() if key != "seconds"},  # the rest is deterministic
     }
     return model, calibration, parity
+
+
+def _onnx_logits(path: Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The model's logits on ``x`` in onnxruntime (CPU), ``batch_size`` samples at a time."""
+    with OnnxRuntimeRunner(path) as runner:
+        return np.concatenate([runner(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @contextmanager

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import BuildError
-from ..export.onnx import fp16_from_onnx, ort_session, parity_inputs, save_onnx, set_metadata, verify_outputs
+from ..errors import BuildError, ModelLoadError
+from ..export.onnx import fp16_from_onnx, parity_inputs, save_onnx, set_metadata, verify_outputs
+from ..runners.onnxruntime import OnnxRuntimeRunner
 from .options import BuildOptions
 
 if TYPE_CHECKING:
@@ -57,8 +58,10 @@ def fp16_model(
         "batchnorm": "BatchNormalization no conv absorbed -> depthwise 1x1 Conv computed in fp32, then cast",
         "warnings": notes,
     }
+    runner = OnnxRuntimeRunner(data, description=f"{path} (onnxruntime)")
     try:
-        session = ort_session(data)
-    except Exception as exc:  # onnxruntime's CPU kernels do not cover every fp16 op on every build
-        return model16, record, f"not verified: onnxruntime cannot run it here ({str(exc).splitlines()[0]})"
-    return model16, record, verify_outputs(session, inputs, references, "fp16")
+        runner.load()
+    except ModelLoadError as exc:  # onnxruntime's CPU kernels do not cover every fp16 op on every build
+        return model16, record, f"not verified: onnxruntime cannot run it here ({exc.reason})"
+    with runner:
+        return model16, record, verify_outputs(runner, inputs, references, "fp16")

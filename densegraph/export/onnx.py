@@ -29,11 +29,14 @@ import numpy as np
 
 from ..errors import BuildError
 from ..parity import TOLERANCES, check_int8, check_outputs, compare_outputs, parity_inputs
+from ..runners.onnxruntime import best_providers, import_onnxruntime
 
 if TYPE_CHECKING:
     import onnx
     import onnxruntime
     import torch
+
+    from ..runners.onnxruntime import OnnxRuntimeRunner
 
 __all__ = [
     "INPUT_NAME",
@@ -238,27 +241,6 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 # onnxruntime
 
 
-def import_onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or one clear error naming the extra that installs it."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BuildError(
-            "onnxruntime is not installed (it runs and verifies the ONNX models)",
-            hint="pip install 'densegraph[cpu]', or 'densegraph[gpu]' on an NVIDIA GPU machine (not both)",
-        ) from None
-    return onnxruntime
-
-
-def best_providers() -> list[str]:
-    """The onnxruntime execution providers to use, best first: TensorRT, CUDA, then CPU where present."""
-    ort = import_onnxruntime()
-
-    available = set(ort.get_available_providers())
-    preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-    return [p for p in preferred if p in available] or ["CPUExecutionProvider"]
-
-
 def ort_session(
     model: str | os.PathLike[str] | bytes, providers: Sequence[str] | None = None
 ) -> onnxruntime.InferenceSession:
@@ -284,19 +266,22 @@ def run_onnx(session: onnxruntime.InferenceSession, x: np.ndarray, *, batch_size
 
 
 def verify_outputs(
-    model: str | os.PathLike[str] | bytes | onnxruntime.InferenceSession,
+    model: str | os.PathLike[str] | bytes | OnnxRuntimeRunner,
     inputs: Sequence[np.ndarray],
     references: Sequence[np.ndarray],
     precision: str,
 ) -> dict[str, Any]:
-    """Run ``model`` (a path, bytes or a session) in onnxruntime on ``inputs`` and hold it to the
-    ``precision``'s bar against ``references`` (:func:`densegraph.parity.check_outputs`); raises
-    :class:`BuildError` when it misses (fp32: abs error, fp16: relative error)."""
-    ort = import_onnxruntime()
+    """Run ``model`` (a path, bytes or an :class:`~densegraph.runners.OnnxRuntimeRunner`, loaded or not) in
+    onnxruntime on the CPU on ``inputs`` and hold it to the ``precision``'s bar against ``references``
+    (:func:`densegraph.parity.check_outputs`); raises :class:`BuildError` when it misses (fp32: abs error,
+    fp16: relative error)."""
+    from ..runners.onnxruntime import OnnxRuntimeRunner
 
-    session = model if isinstance(model, ort.InferenceSession) else ort_session(model)
-    name = session.get_inputs()[0].name
-    got = [np.asarray(session.run(None, {name: x})[0], dtype=np.float32) for x in inputs]
+    if isinstance(model, OnnxRuntimeRunner):  # the caller's runner: loaded here if need be, released by them
+        got = [model.load()(x) for x in inputs]
+    else:
+        with OnnxRuntimeRunner(model) as runner:
+            got = [runner(x) for x in inputs]
     return check_outputs(got, references, precision, runtime=_runtime_name())
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..cost import batch_tile
 from ..parity import parity_inputs
-from .onnx import check_onnx, ort_session, run_onnx
+from .onnx import check_onnx
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -66,24 +67,22 @@ def time_batch_tiling(
     Each round runs both back to back, in alternating order, after one warm-up call each: load from other
     processes hits both alike.
     """
-    import onnxruntime as ort
+    from ..runners.onnxruntime import OnnxRuntimeRunner
 
-    def session(data: bytes) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-    runs = {"untiled": session(untiled), "tiled": session(tiled)}
-    name = runs["untiled"].get_inputs()[0].name
-    for run in runs.values():
-        run.run(None, {name: x})
-    times: dict[str, list[float]] = {"untiled": [], "tiled": []}
-    for r in range(rounds):
-        for form in ("untiled", "tiled") if r % 2 == 0 else ("tiled", "untiled"):
-            start = time.perf_counter()
-            runs[form].run(None, {name: x})
-            times[form].append(time.perf_counter() - start)
+    runners = {
+        "untiled": OnnxRuntimeRunner(untiled, threads=threads, description="the untiled model"),
+        "tiled": OnnxRuntimeRunner(tiled, threads=threads, description="the batch-tiled model"),
+    }
+    with runners["untiled"], runners["tiled"]:
+        runs = {form: partial(runner.infer, {runner.input_name: x}) for form, runner in runners.items()}
+        for run in runs.values():
+            run()
+        times: dict[str, list[float]] = {"untiled": [], "tiled": []}
+        for r in range(rounds):
+            for form in ("untiled", "tiled") if r % 2 == 0 else ("tiled", "untiled"):
+                start = time.perf_counter()
+                runs[form]()
+                times[form].append(time.perf_counter() - start)
     speedup = statistics.median(u / t for u, t in zip(times["untiled"], times["tiled"], strict=True))
     return {
         "untiled_ms": round(1e3 * statistics.median(times["untiled"]), 2),
@@ -101,6 +100,7 @@ def tile_model(
 
     Returns the model kept, its tile (``None``: untiled) and the manifest's record.
     """
+    from ..runners.onnxruntime import OnnxRuntimeRunner
     from .passes import tile_batch
 
     record: dict[str, Any] = {"setting": setting, "tile": tile}
@@ -109,9 +109,9 @@ def tile_model(
     tiled_bytes = tiled.SerializeToString(deterministic=True)
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
     inputs = parity_inputs(shape, (1, tile, 2 * tile + 1), seed=1)  # padded, whole, whole and padded
-    untiled_run, tiled_run = ort_session(plain_bytes), ort_session(tiled_bytes)
-    want = [run_onnx(untiled_run, x) for x in inputs]
-    got = [run_onnx(tiled_run, x) for x in inputs]
+    with OnnxRuntimeRunner(plain_bytes) as untiled_run, OnnxRuntimeRunner(tiled_bytes) as tiled_run:
+        want = [untiled_run(x) for x in inputs]
+        got = [tiled_run(x) for x in inputs]
     same_shapes = all(g.shape == w.shape for g, w in zip(got, want, strict=True))
     err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True)) if same_shapes else np.inf
     scale = max(float(np.max(np.abs(w))) for w in want)

@@ -82,7 +82,8 @@ class OnnxRuntimeRunner(BaseRunner):
     """An onnxruntime session on ``model`` (a path, or serialized bytes named by ``description``).
 
     ``providers`` default to the CPU's; ``threads`` sets intra-op threads (default: onnxruntime's, one per
-    physical core). A model with a fixed batch is run in chunks of that batch by ``runner(x)``.
+    physical core); ``optimize=False`` turns onnxruntime's graph optimizations off. A model with a fixed
+    batch is run in chunks of that batch by ``runner(x)``.
     """
 
     backend = "onnxruntime"
@@ -93,12 +94,14 @@ class OnnxRuntimeRunner(BaseRunner):
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        optimize: bool = True,
         description: str | None = None,
     ) -> None:
         self.path = None if isinstance(model, bytes) else os.fspath(model)
         self._model = model if isinstance(model, bytes) else None
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
+        self.optimize = optimize
         super().__init__(description or f"{self.path} (onnxruntime)")
         self.session: Any = None
         self.fixed_batch: int | None = None
@@ -124,6 +127,8 @@ class OnnxRuntimeRunner(BaseRunner):
         options.log_severity_level = 4  # fatal only: a failure is reported once, as one line, by the caller
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
+        if not self.optimize:  # the graph as written (e.g. Q/DQ not fused into int8 kernels)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         source = self._model if self._model is not None else self.path
         try:
             session = ort.InferenceSession(source, options, providers=self.providers)

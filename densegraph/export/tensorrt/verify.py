@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BuildError, DensegraphError
+from ...errors import BuildError, DensegraphError, ModelLoadError
 from ...parity import TOLERANCES, logits_sqnr_db
 from ...timing import time_batches
 from .options import PRECISIONS
@@ -70,31 +70,35 @@ def _upcast_graph(graph: Any) -> None:
                 _upcast_graph(attr.g)
 
 
-def _reference_session(onnx_path: Path, precision: str) -> tuple[Any, str]:
-    """An onnxruntime CPU session on the reference model, and its description."""
+def _reference_runner(onnx_path: Path, precision: str) -> tuple[Any, str]:
+    """An onnxruntime CPU runner on the reference model (loaded), and its description."""
     import onnx
-    import onnxruntime as ort
+
+    from ...runners.onnxruntime import OnnxRuntimeRunner, import_onnxruntime
 
     model = onnx.load(str(onnx_path))
     what = "the ONNX"
-    options = ort.SessionOptions()
+    optimize = True
     if precision == "fp16":
         model, what = fp32_twin(model), "the fp32 twin of the fp16 ONNX"
     if precision == "int8":
         # the Q/DQ arithmetic as written, which TensorRT implements: onnxruntime's fused int8 CPU kernels
         # (QLinearConv) land 18 dB SQNR away from it on the tiny DenseNet (x86 without VNNI; docs/tensorrt.md)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        optimize = False
         what = "the Q/DQ ONNX, graph optimizations off"
+    runner = OnnxRuntimeRunner(
+        model.SerializeToString(), optimize=optimize, description=f"{onnx_path} ({what}, onnxruntime)"
+    )
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        runner.load()
+    except ModelLoadError as exc:
         raise BuildError(
-            f"cannot verify the engine: onnxruntime cannot run {what}: {first}",
+            f"cannot verify the engine: onnxruntime cannot run {what}: {exc.reason}",
             path=str(onnx_path),
             hint="the engine is written; rerun with --no-verify to skip the check",
         ) from None
-    return session, f"onnxruntime {ort.__version__} CPUExecutionProvider on {what}"
+    version = import_onnxruntime().__version__
+    return runner, f"onnxruntime {version} CPUExecutionProvider on {what}"
 
 
 def verify_engine(
@@ -107,19 +111,19 @@ def verify_engine(
     the sidecar with ``passed`` and a one-line ``summary``."""
     if precision not in PRECISIONS:
         raise DensegraphError(f"unknown precision {precision!r}")
-    session, reference = _reference_session(Path(onnx_path), precision)
-    in_name = session.get_inputs()[0].name
+    reference_runner, reference = _reference_runner(Path(onnx_path), precision)
     refs, gots, batches = [], [], []
-    for x in inputs:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        ref = np.asarray(session.run(None, {in_name: x})[0], dtype=np.float32)
-        got = runner(x)
-        got = np.asarray(next(iter(got.values())) if isinstance(got, dict) else got, dtype=np.float32)
-        if got.shape != ref.shape:
-            raise BuildError(f"engine output shape {got.shape} != onnxruntime {ref.shape}")
-        refs.append(ref)
-        gots.append(got)
-        batches.append(len(x))
+    with reference_runner:
+        for x in inputs:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            ref = reference_runner(x)
+            got = runner(x)
+            got = np.asarray(next(iter(got.values())) if isinstance(got, dict) else got, dtype=np.float32)
+            if got.shape != ref.shape:
+                raise BuildError(f"engine output shape {got.shape} != onnxruntime {ref.shape}")
+            refs.append(ref)
+            gots.append(got)
+            batches.append(len(x))
     return _judge(precision, refs, gots, batches, reference)
 
 
