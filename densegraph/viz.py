@@ -383,7 +383,7 @@ def _save_figure(figure: Figure, fh: IO[bytes], fmt: str) -> None:
 # =========================================================================================================
 # Heat maps of learned weights (the paper's Fig. 5).
 #
-# ``densegraph heatmap`` (``run_heatmap``, written separately) computes, for each dense block, the average
+# ``densegraph heatmap`` (:func:`densegraph.heatmaps.heatmap`) computes, for each dense block, the average
 # absolute weight from each source to each target layer from a trained model and calls ``draw_heatmap``.
 # =========================================================================================================
 

@@ -74,16 +74,17 @@ class TorchRunner(BaseRunner):
         frozen: bool = False,
         seed: int = 0,
     ) -> None:
-        self.spec = spec if isinstance(spec, Spec | nx.DiGraph) else os.fspath(spec)
-        self.graph = graph_of(spec)
+        self.graph = graph_of(spec if isinstance(spec, Spec | nx.DiGraph) else os.fspath(spec))
         self.weights = weights
         self.requested_device = device
         self.frozen = frozen
         self.seed = seed
         self.device: Any = None  # a torch.device once resolved
         self.module: Any = None
-        where = self.spec.path if isinstance(self.spec, Spec) else self.graph.graph["name"]
-        self._spec_name = self.spec if isinstance(self.spec, str) else where
+        if isinstance(spec, nx.DiGraph):
+            self._spec_name = str(self.graph.graph["name"])
+        else:
+            self._spec_name = spec.path if isinstance(spec, Spec) else os.fspath(spec)
         super().__init__(self._spec_name)
 
     @property
@@ -114,7 +115,7 @@ class TorchRunner(BaseRunner):
 
         device = self.resolve_device()
         preprocess = dict(self.graph.graph["preprocess"])
-        module = module_from_graph(self.graph, seed=self.seed)
+        module: Any = module_from_graph(self.graph, seed=self.seed)
         if self.weights is not None:
             path, overrides, self.classes = resolve_weights(self.graph, self.weights)
             preprocess.update(overrides)
