@@ -3,10 +3,10 @@
 :func:`evaluate` scores a spec with weights (PyTorch; a file, or ``torchvision`` / ``timm[:variant]`` for
 published ones), a ``model.onnx`` (onnxruntime; input ``images``, output ``logits``, the input shape read from
 the model, the preprocessing from its ``densegraph.preprocess`` metadata when present) or a ``model.engine`` /
-``.plan`` (TensorRT) on a split of ``digits`` or an
-image folder (see :mod:`densegraph.data`). By default the test split where the data has one, else val. Image
-folders stream through a ``DataLoader`` with worker processes, so memory stays bounded by the batch. The model
-runs through its runner (:mod:`densegraph.runners`), released when the scoring ends.
+``.plan`` (TensorRT) on a split of ``digits`` or an image folder (see :mod:`densegraph.data`). By default the
+test split where the data has one, else val. Image folders stream through a ``DataLoader`` with worker
+processes, so memory stays bounded by the batch. The model runs through its runner (:mod:`densegraph.runners`),
+released when the scoring ends.
 """
 
 from __future__ import annotations

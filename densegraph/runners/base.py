@@ -105,12 +105,12 @@ class BaseRunner(abc.ABC):
     @property
     @abc.abstractmethod
     def input_metadata(self) -> dict[str, TensorMeta]:
-        """Each input's name, shape and dtype (the runner must be loaded)."""
+        """Each input's name, shape and dtype (onnxruntime and TensorRT runners must be loaded first)."""
 
     @property
     @abc.abstractmethod
     def output_names(self) -> list[str]:
-        """The outputs :meth:`infer` returns (the runner must be loaded)."""
+        """The outputs :meth:`infer` returns (onnxruntime and TensorRT runners must be loaded first)."""
 
     @abc.abstractmethod
     def _load(self) -> None: ...
