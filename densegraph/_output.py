@@ -339,7 +339,7 @@ class BuildOutput:
 
     def write_manifest(self, manifest: dict[str, Any], *, later: Iterable[str] = ()) -> Path:
         """Write ``manifest.json`` into :attr:`path` with ``files``: every entry there (name -> sha256) and
-        the ``later`` names (-> null) that a script of the build writes afterwards."""
+        the ``later`` names (-> null) that a script of the build writes, or rewrites, afterwards."""
         folder = self.path
         files: dict[str, str | None] = {}
         for entry in sorted(os.listdir(folder)):
@@ -347,7 +347,7 @@ class BuildOutput:
             if entry not in (MANIFEST_NAME, STAGING_MARKER) and not entry.startswith(f".{MANIFEST_NAME}."):
                 files[entry] = file_sha256(path) if path.is_file() and not path.is_symlink() else None
         for name in later:
-            files.setdefault(name, None)
+            files[name] = None
         manifest["files"] = dict(sorted(files.items()))
         return write_manifest(folder, manifest)
 

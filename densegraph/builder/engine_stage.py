@@ -64,4 +64,9 @@ def _written_by_script(options: Any) -> list[str]:
     names = [engine, sidecar_path(engine).name]
     if options.timing_cache is not None:
         names.append(Path(options.timing_cache).name)
+    if options.precision == "int8" and options.dla_core is not None:
+        from ..export.tensorrt.calibration import implicit_int8_paths
+
+        # its header is rewritten to name the device's TensorRT version
+        names.append(implicit_int8_paths(MODEL_NAME, ".")[1].name)
     return names

@@ -373,3 +373,23 @@ def test_real_dla_int8_engine(tmp_path: Path, qdq_pair: tuple[Path, Path]) -> No
         pytest.skip(reason)
     result = build_engine(qdq_pair[1], tmp_path, EngineOptions(precision="int8", dla_core=0, batch=(1, 2, 4)))
     assert result["verification"]["passed"], result["verification"]["summary"]
+
+
+@pytest.mark.skipif(
+    Path("/usr/src/tensorrt/bin/trtexec").exists(), reason="a real JetPack trtexec is installed"
+)
+def test_a_build_folder_stays_replaceable_after_the_script_rewrites_the_cache(tmp_path: Path) -> None:
+    """The manifest of a build without TensorRT claims the cache build_engine.sh rewrites on the device."""
+    from densegraph._output import BuildOutput, foreign_entries
+    from densegraph.builder.engine_stage import _written_by_script
+
+    out, options = tmp_path / "out", EngineOptions(precision="int8", dla_core=0)
+    with BuildOutput(out) as output:
+        make_tiny_onnx(output.path / "model.onnx", "int8")
+        write_build_script(output.path, "model.onnx", "model.engine", options)
+        output.write_manifest({"format": "densegraph.build/1"}, later=_written_by_script(options))
+        output.commit()
+    done = _script(out, write_fake_trtexec(tmp_path / "bin" / "trtexec", "8.6"), tmp_path / "args.txt")
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.calib.cache").read_text().startswith("TRT-8602-")
+    assert foreign_entries(out) == ([], [])
