@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TILE_BYTES", "batch_tile", "op_output", "op_params", "op_macs", "totals", "peak_activation_bytes"]
+__all__ = [
+    "TILE_BYTES",
+    "batch_tile",
+    "op_output",
+    "op_params",
+    "op_macs",
+    "op_traffic",
+    "totals",
+    "peak_activation_bytes",
+]
 
 # The cache budget of one batch tile, for ``--batch-tile auto``'s candidate: a tile's largest concatenation
 # group (the block buffer a dense block fills) should stay in the last-level cache from one layer to the next,
@@ -22,8 +31,14 @@ TILE_BYTES = 4 << 20
 Size = tuple[int, int]
 
 
-def _window(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+def _window(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
+    if not ceil_mode:
+        return (size + 2 * padding - kernel) // stride + 1
+    # PyTorch's rule: round up, but the last window must start inside the input or its left padding
+    out = -(-(size + 2 * padding - kernel) // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
 
 
 def op_output(op: dict[str, Any], channels: int, size: Size) -> tuple[int, Size]:
@@ -34,13 +49,16 @@ def op_output(op: dict[str, Any], channels: int, size: Size) -> tuple[int, Size]
         k, s, p = op["kernel"], op["stride"], op["padding"]
         return op["out_channels"], (_window(h, k, s, p), _window(w, k, s, p))
     if kind in ("maxpool", "avgpool"):
-        k, s, p = op["kernel"], op["stride"], op.get("padding", 0)
-        return channels, (_window(h, k, s, p), _window(w, k, s, p))
+        k, s, p, ceil = op["kernel"], op["stride"], op.get("padding", 0), op.get("ceil_mode", False)
+        return channels, (_window(h, k, s, p, ceil), _window(w, k, s, p, ceil))
+    if kind == "blurpool":
+        k, s = op["kernel"], op["stride"]
+        return channels, (_window(h, k, s, (k - 1) // 2), _window(w, k, s, (k - 1) // 2))
     if kind == "global_avgpool":
         return channels, (1, 1)
     if kind == "linear":
         return op["out_features"], (1, 1)
-    if kind in ("bn", "relu", "dropout"):
+    if kind in ("bn", "relu", "relu6", "dropout"):
         return channels, size
     raise ValueError(f"unknown op kind {kind!r}")
 
@@ -49,8 +67,9 @@ def op_params(op: dict[str, Any]) -> int:
     """Trainable parameters of ``op``."""
     kind = op["op"]
     if kind == "conv":
-        k = op["kernel"]
-        return op["out_channels"] * op["in_channels"] * k * k + (op["out_channels"] if op.get("bias") else 0)
+        k, groups = op["kernel"], op.get("groups", 1)
+        weights = op["out_channels"] * (op["in_channels"] // groups) * k * k
+        return weights + (op["out_channels"] if op.get("bias") else 0)
     if kind == "bn":
         return 2 * op["channels"]
     if kind == "linear":
@@ -63,15 +82,32 @@ def op_macs(op: dict[str, Any], out_size: Size) -> int:
     kind = op["op"]
     if kind == "conv":
         k = op["kernel"]
-        return out_size[0] * out_size[1] * op["out_channels"] * op["in_channels"] * k * k
+        return (
+            out_size[0]
+            * out_size[1]
+            * op["out_channels"]
+            * (op["in_channels"] // op.get("groups", 1))
+            * k
+            * k
+        )
+    if kind == "blurpool":  # a fixed depthwise filter
+        return out_size[0] * out_size[1] * op["channels"] * op["kernel"] ** 2
     if kind == "linear":
         return op["out_features"] * op["in_features"]
     return 0
 
 
+def op_traffic(op: dict[str, Any], in_elements: int, out_elements: int) -> int:
+    """Elements a convolution reads and writes for one sample (its input and output maps; HarDNet's CIO counts
+    these over every conv layer). Other ops: 0 (fused into a neighbouring conv by every runtime that matters)."""
+    if op["op"] == "conv":
+        return in_elements + out_elements
+    return 0
+
+
 def totals(graph: Any) -> dict[str, int]:
     """Sum of the per-node cost attributes of a connection graph."""
-    keys = ("params", "macs", "activations", "concat_elements")
+    keys = ("params", "macs", "activations", "concat_elements", "cio")
     return {key: sum(int(data.get(key, 0)) for _, data in graph.nodes(data=True)) for key in keys}
 
 

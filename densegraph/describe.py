@@ -11,7 +11,8 @@ key                            value
 ``densegraph.spec_sha256``     SHA-256 of the spec file's bytes
 ``densegraph.graph_sha256``    SHA-256 of the connection graph (structure, ops, shapes; not comments)
 ``densegraph.params``          trainable parameters; ``densegraph.macs``: multiply-accumulates per sample
-``densegraph.classes``         number of logits
+``densegraph.classes``         number of logits (a classifier)
+``densegraph.outputs``         JSON (a features head): ``name``, ``channels``, ``size`` [H, W], ``stride``
 ``densegraph.labels``          JSON list of class names (when the spec or ``labels`` names them)
 ``densegraph.preprocess``      JSON: ``input_size`` [C, H, W], ``channel_order``, ``resize``, ``crop``,
                                ``interpolation``, ``scale``, ``mean``, ``std`` (see :func:`preprocess_of`)
@@ -146,10 +147,15 @@ def model_metadata(
         "densegraph.graph_sha256": graph_sha256(graph),
         "densegraph.params": str(cost["params"]),
         "densegraph.macs": str(cost["macs"]),
-        "densegraph.classes": str(int(graph.graph["output_shape"][0])),
         "densegraph.preprocess": json.dumps(preprocess_of(graph), sort_keys=True),
         "densegraph.nodes": json.dumps(node_table(graph), sort_keys=True, separators=(",", ":")),
     }
+    features = graph.graph.get("outputs")
+    if features:
+        keys = ("name", "channels", "size", "stride")
+        metadata["densegraph.outputs"] = json.dumps([{k: o[k] for k in keys} for o in features])
+    else:
+        metadata["densegraph.classes"] = str(int(graph.graph["output_shape"][0]))
     labels = labels if labels is not None else graph.graph.get("labels")
     if labels:
         metadata["densegraph.labels"] = json.dumps(list(labels))
@@ -193,7 +199,7 @@ def model_card(manifest: Mapping[str, Any], metadata: Mapping[str, str]) -> str:
     precision = manifest["precision"]
     preprocess = json.loads(metadata["densegraph.preprocess"])
     labels = json.loads(metadata["densegraph.labels"]) if "densegraph.labels" in metadata else None
-    (inp,), (out,) = manifest["inputs"], manifest["outputs"]
+    (inp,), outs = manifest["inputs"], manifest["outputs"]
     lines = [
         f"# {name}",
         "",
@@ -207,16 +213,9 @@ def model_card(manifest: Mapping[str, Any], metadata: Mapping[str, str]) -> str:
         "| tensor | shape | dtype |",
         "|---|---|---|",
         f"| `{inp['name']}` (input) | {_shape(inp['shape'])} | {inp['dtype']} |",
-        f"| `{out['name']}` (output) | {_shape(out['shape'])} | {out['dtype']} |",
+        *(f"| `{out['name']}` (output) | {_shape(out['shape'])} | {out['dtype']} |" for out in outs),
         "",
-        f"`logits` are unnormalised scores for {metadata['densegraph.classes']} classes"
-        + (
-            f": {', '.join(labels)}."
-            if labels and len(labels) <= 20
-            else " (names in `densegraph.labels`)."
-            if labels
-            else " (no class names given)."
-        ),
+        _outputs_line(metadata, labels),
         "",
         "Preprocessing (`densegraph.preprocess` in the model's metadata): " + _preprocess_line(preprocess),
         "",
@@ -291,3 +290,18 @@ def _parity_lines(parity: Mapping[str, Any]) -> list[str]:
                 f"{'passed' if result['passed'] else 'FAILED'})."
             )
     return lines
+
+
+def _outputs_line(metadata: Mapping[str, str], labels: Sequence[str] | None) -> str:
+    if "densegraph.outputs" in metadata:
+        maps = json.loads(metadata["densegraph.outputs"])
+        listed = ", ".join(f"`{o['name']}` (stride {o['stride']})" for o in maps)
+        return f"A backbone (features head): the outputs are feature maps {listed}."
+    names = (
+        f": {', '.join(labels)}."
+        if labels and len(labels) <= 20
+        else " (names in `densegraph.labels`)."
+        if labels
+        else " (no class names given)."
+    )
+    return f"`logits` are unnormalised scores for {metadata['densegraph.classes']} classes" + names

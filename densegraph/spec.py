@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,20 +45,63 @@ __all__ = [
     "Connectivity",
     "Preprocess",
     "default_preprocess",
+    "ConvStage",
+    "Pool",
+    "LayerTemplate",
+    "Transition",
+    "Aggregate",
     "load_spec",
     "spec_from_string",
     "CONNECTIVITY_KINDS",
     "STEM_KINDS",
+    "POOL_KINDS",
+    "ACTIVATIONS",
+    "NAME_ROLES",
     "LIMITS",
 ]
 
-CONNECTIVITY_KINDS = ("dense", "window", "log")
+CONNECTIVITY_KINDS = ("dense", "window", "log", "chain", "harmonic")
 STEM_KINDS = ("imagenet", "cifar")
 CHANNEL_ORDERS = ("rgb", "bgr")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CROP_FRACTION = 0.875  # torchvision/timm: resize to crop / 0.875 (224 -> 256), then center-crop
+HEAD_KINDS = ("classifier", "features")
+POOL_KINDS = ("max", "avg", "blur", "dwconv")
+ACTIVATIONS = ("relu", "relu6")
+LAYER_ORDERS = ("pre", "post")
+
+# The module-name templates a spec's ``names:`` may set (see README, "Module names"), each with the variables
+# its template may use. The defaults (:data:`densegraph.graph.DEFAULT_NAMES`) are torchvision's DenseNet names.
+_STEM_VARS = ("i", "seq")
+_LAYER_VARS = ("block", "layer", "layer0", "stage0", "unit0", "seq", "n")
+_UNIT_VARS = ("block", "stage0", "unit0", "seq", "i")
+NAME_ROLES: dict[str, tuple[str, ...]] = {
+    "stem.conv": _STEM_VARS,
+    "stem.norm": _STEM_VARS,
+    "stem.act": _STEM_VARS,
+    "stem.pool": _STEM_VARS,
+    "stem.pool.conv": _STEM_VARS,
+    "stem.pool.norm": _STEM_VARS,
+    "layer.conv": _LAYER_VARS,
+    "layer.norm": _LAYER_VARS,
+    "layer.act": _LAYER_VARS,
+    "layer.dwconv": _LAYER_VARS,
+    "layer.dwnorm": _LAYER_VARS,
+    "aggregate.conv": _UNIT_VARS,
+    "aggregate.norm": _UNIT_VARS,
+    "aggregate.act": _UNIT_VARS,
+    "transition.norm": _UNIT_VARS,
+    "transition.act": _UNIT_VARS,
+    "transition.conv": _UNIT_VARS,
+    "transition.pool": _UNIT_VARS,
+    "transition.pool.conv": _UNIT_VARS,
+    "transition.pool.norm": _UNIT_VARS,
+    "head.norm": ("seq",),
+    "head.act": ("seq",),
+    "head.linear": ("seq",),
+}
 
 # Sizes past these are refused while reading, before any graph or tensor is allocated.
 LIMITS = {
@@ -71,6 +115,10 @@ LIMITS = {
     "size": 16384,
     "classes": 1_000_000,
     "window": 4096,
+    "kernel": 15,
+    "stride": 8,
+    "stem_convs": 16,
+    "pools": 4,
     "yaml_nodes": 10_000,  # values reached with aliases and merge keys expanded: bounds "billion laughs"
     "extends_depth": 32,
     "yaml_depth": 64,  # nesting of collections (and of merge keys) in one document
@@ -89,18 +137,86 @@ class Connectivity:
 
     kind: str = "dense"
     size: int | None = None
+    multiplier: float | None = None
+    loc: Loc | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ConvStage:
+    """One post-activation conv stage of a stem: conv (``kernel``, ``stride``, padding kernel//2), BN, act."""
+
+    channels: int
+    kernel: int = 3
+    stride: int = 1
+    loc: Loc | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A downsampling op: ``max`` / ``avg`` pooling (``ceil_mode`` as PyTorch's), ``blur`` (a fixed binomial
+    filter of size ``kernel``, reflect-padded, then strided: timm's BlurPool2d) or ``dwconv`` (a depthwise
+    conv ``kernel`` x ``kernel`` followed by BN)."""
+
+    kind: str
+    kernel: int
+    stride: int
+    padding: int = 0
+    ceil_mode: bool = False
+    loc: Loc | None = field(default=None, compare=False)
+
+
+# the pool shorthands a spec may write as a plain string
+POOL_SHORTHANDS = {
+    "max": Pool("max", 3, 2, 1),
+    "avg": Pool("avg", 2, 2, 0),
+    "blur": Pool("blur", 3, 2, 1),
+    "dwconv": Pool("dwconv", 3, 2, 1),
+}
+
+
+@dataclass(frozen=True)
+class LayerTemplate:
+    """What one layer of a block runs: ``pre`` activation (BN, act, conv: DenseNet) or ``post`` activation
+    (conv, BN, act), the spatial ``kernel``, and ``separable`` (post only: conv1x1-BN-act, then a depthwise
+    conv ``kernel`` x ``kernel`` and BN, HarDNet's CombConv)."""
+
+    order: str = "pre"
+    kernel: int = 3
+    separable: bool = False
+    loc: Loc | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What runs between a block and the next: ``conv`` ``pre`` (BN, act, conv1x1 to ``compression`` times the
+    channels: DenseNet's) or ``none``, then the ``pool`` ops in order (none: no downsampling)."""
+
+    conv: str = "pre"
+    pool: tuple[Pool, ...] = (POOL_SHORTHANDS["avg"],)
+    loc: Loc | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A post-activation conv1x1 over a block's output to ``channels`` (VoVNet's one-shot aggregation, HarDNet's
+    transition conv), after an optional dropout."""
+
+    channels: int
+    dropout: float = 0.0
     loc: Loc | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class Stem:
-    """The layers before the first block: ``imagenet`` (conv7x7/2, BN, ReLU, maxpool3x3/2) or ``cifar``
-    (conv3x3/1)."""
+    """The layers before the first block: ``imagenet`` (conv7x7/2, BN, ReLU, maxpool3x3/2), ``cifar``
+    (conv3x3/1), or ``convs`` (the listed conv stages, then the ``pool`` ops)."""
 
     kind: str
     channels: int
     loc: Loc | None = field(default=None, compare=False)
     locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+    convs: tuple[ConvStage, ...] = ()
+    pool: tuple[Pool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,15 +234,25 @@ class Block:
     connectivity: Connectivity
     loc: Loc | None = field(default=None, compare=False)
     locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+    widths: tuple[int, ...] | None = None
+    aggregate: Aggregate | None = None
+    transition: Transition = Transition()
 
 
 @dataclass(frozen=True)
 class Head:
-    """The classifier: BN, ReLU, global average pool, linear to ``classes``."""
+    """``classifier``: (``norm``: BN, act), global average pool, (``dropout``), linear to ``classes``.
+    ``features`` (a backbone): no classifier; the network outputs the named feature maps ``outputs``
+    (``block<b>``: block b's output; ``stage<s>``: the output of the last block of stage s)."""
 
     classes: int
     loc: Loc | None = field(default=None, compare=False)
     locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+    norm: bool = True
+    dropout: float = 0.0
+    kind: str = "classifier"
+    outputs: tuple[str, ...] = ()
+    output_locs: tuple[Loc, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -184,6 +310,11 @@ class Spec:
     path: str = "<string>"
     loc: Loc | None = field(default=None, compare=False)
     locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+    activation: str = "relu"
+    layer: LayerTemplate = LayerTemplate()
+    # module-name templates by role (NAME_ROLES); empty: torchvision's names
+    names: dict[str, str] = field(default_factory=dict, hash=False)
+    name_locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
 
     def loc_of(self, key: str) -> Loc:
         """Where ``key`` was written, or the spec file itself when it was defaulted."""
@@ -645,15 +776,21 @@ def _connectivity(val: _Val, what: str) -> Connectivity:
             raise SpecError(
                 "window connectivity needs a size", loc=val.loc, hint="connectivity: {kind: window, size: 4}"
             )
-        return Connectivity(kind, None, val.loc)
+        if kind == "harmonic":
+            raise SpecError(
+                "harmonic connectivity needs a width multiplier",
+                loc=val.loc,
+                hint="connectivity: {kind: harmonic, multiplier: 1.7}",
+            )
+        return Connectivity(kind, None, None, val.loc)
     mapping = _mapping(val, what)
-    _unknown_keys(mapping, ("kind", "size"), what)
+    _unknown_keys(mapping, ("kind", "size", "multiplier"), what)
     if "kind" not in mapping:
         raise SpecError(
             f"{what} needs a 'kind'", loc=val.loc, hint=f"one of: {', '.join(CONNECTIVITY_KINDS)}"
         )
     kind = _choice(mapping["kind"], f"{what}.kind", CONNECTIVITY_KINDS)
-    size = None
+    size = multiplier = None
     if kind == "window":
         if "size" not in mapping:
             raise SpecError(
@@ -664,7 +801,221 @@ def _connectivity(val: _Val, what: str) -> Connectivity:
         raise SpecError(
             f"'size' applies only to window connectivity, not '{kind}'", loc=mapping["size"].key_loc
         )
-    return Connectivity(kind, size, val.loc)
+    if kind == "harmonic":
+        if "multiplier" not in mapping:
+            raise SpecError(
+                "harmonic connectivity needs a width multiplier",
+                loc=val.loc,
+                hint="connectivity: {kind: harmonic, multiplier: 1.7}",
+            )
+        multiplier = _float(
+            mapping["multiplier"], f"{what}.multiplier", 1.0, 8.0, low_open=False, high_open=False
+        )
+    elif "multiplier" in mapping:
+        raise SpecError(
+            f"'multiplier' applies only to harmonic connectivity, not '{kind}'",
+            loc=mapping["multiplier"].key_loc,
+        )
+    return Connectivity(kind, size, multiplier, val.loc)
+
+
+def _bool(val: _Val, what: str) -> bool:
+    if not isinstance(val.value, bool):
+        raise SpecError(
+            f"{what} must be true or false, got {_type_name(val.value)} {val.value!r}", loc=val.loc
+        )
+    return val.value
+
+
+def _pool(val: _Val, what: str) -> Pool:
+    if isinstance(val.value, str):
+        kind = _choice(val, what, POOL_KINDS)
+        short = POOL_SHORTHANDS[kind]
+        return Pool(short.kind, short.kernel, short.stride, short.padding, short.ceil_mode, val.loc)
+    mapping = _mapping(val, what)
+    _unknown_keys(mapping, ("kind", "kernel", "stride", "padding", "ceil_mode"), what)
+    if "kind" not in mapping:
+        raise SpecError(f"{what} needs a 'kind'", loc=val.loc, hint=f"one of: {', '.join(POOL_KINDS)}")
+    kind = _choice(mapping["kind"], f"{what}.kind", POOL_KINDS)
+    short = POOL_SHORTHANDS[kind]
+    kernel = (
+        _int(mapping["kernel"], f"{what}.kernel", limit="kernel") if "kernel" in mapping else short.kernel
+    )
+    stride = (
+        _int(mapping["stride"], f"{what}.stride", limit="stride") if "stride" in mapping else short.stride
+    )
+    if "padding" in mapping:
+        padding = _int(mapping["padding"], f"{what}.padding", minimum=0, limit="kernel")
+        if kind == "blur":
+            raise SpecError(
+                "a blur pool pads by (kernel - 1) // 2 (reflect); 'padding' cannot be set",
+                loc=mapping["padding"].key_loc,
+            )
+    else:  # a mapping's max / avg pool is unpadded unless it says so; a depthwise conv keeps "same" padding
+        padding = (kernel - 1) // 2 if kind in ("blur", "dwconv") else 0
+    if 2 * padding > kernel:
+        raise SpecError(
+            f"{what}.padding {padding} is more than half the kernel {kernel}",
+            loc=mapping["padding"].loc if "padding" in mapping else val.loc,
+            hint="PyTorch requires padding <= kernel / 2",
+        )
+    ceil_mode = False
+    if "ceil_mode" in mapping:
+        ceil_mode = _bool(mapping["ceil_mode"], f"{what}.ceil_mode")
+        if ceil_mode and kind not in ("max", "avg"):
+            raise SpecError(
+                f"ceil_mode applies to max and avg pooling, not '{kind}'", loc=mapping["ceil_mode"].key_loc
+            )
+    return Pool(kind, kernel, stride, padding, ceil_mode, val.loc)
+
+
+def _pools(val: _Val, what: str) -> tuple[Pool, ...]:
+    """``none``, one pool (a shorthand or a mapping) or a list of them."""
+    if val.value == "none" or val.value is None:
+        return ()
+    if isinstance(val.value, list):
+        if len(val.value) > LIMITS["pools"]:
+            raise SpecError(f"{what} lists more than {LIMITS['pools']} ops", loc=val.loc)
+        return tuple(_pool(item, f"{what}[{i}]") for i, item in enumerate(val.value))
+    return (_pool(val, what),)
+
+
+def _conv_stage(val: _Val, what: str) -> ConvStage:
+    mapping = _mapping(val, what)
+    _unknown_keys(mapping, ("channels", "kernel", "stride"), what)
+    if "channels" not in mapping:
+        raise SpecError(f"{what} needs 'channels'", loc=val.loc, hint="{channels: 32, kernel: 3, stride: 2}")
+    return ConvStage(
+        _int(mapping["channels"], f"{what}.channels", limit="channels"),
+        _int(mapping["kernel"], f"{what}.kernel", limit="kernel") if "kernel" in mapping else 3,
+        _int(mapping["stride"], f"{what}.stride", limit="stride") if "stride" in mapping else 1,
+        val.loc,
+    )
+
+
+def _layer_template(val: _Val) -> LayerTemplate:
+    mapping = _mapping(val, "layer")
+    _unknown_keys(mapping, ("order", "kernel", "separable"), "layer")
+    order = _choice(mapping["order"], "layer.order", LAYER_ORDERS) if "order" in mapping else "pre"
+    kernel = _int(mapping["kernel"], "layer.kernel", limit="kernel") if "kernel" in mapping else 3
+    if kernel % 2 == 0:
+        raise SpecError(
+            f"layer.kernel must be odd (the layer keeps the map size), got {kernel}",
+            loc=mapping["kernel"].loc,
+        )
+    separable = _bool(mapping["separable"], "layer.separable") if "separable" in mapping else False
+    if separable and order != "post":
+        raise SpecError(
+            "separable layers are post-activation (conv1x1-BN-act, depthwise conv-BN)",
+            loc=mapping["separable"].loc,
+            hint="add 'order: post' to layer",
+        )
+    return LayerTemplate(order, kernel, separable, val.loc)
+
+
+def _transition(val: _Val, what: str, base: Transition) -> Transition:
+    mapping = _mapping(val, what)
+    _unknown_keys(mapping, ("conv", "pool"), what)
+    conv = _choice(mapping["conv"], f"{what}.conv", ("pre", "none")) if "conv" in mapping else base.conv
+    pool = _pools(mapping["pool"], f"{what}.pool") if "pool" in mapping else base.pool
+    return Transition(conv, pool, val.loc)
+
+
+def _aggregate(val: _Val, what: str) -> Aggregate:
+    if not isinstance(val.value, dict):
+        return Aggregate(_int(val, f"{what} (channels)", limit="channels"), 0.0, val.loc)
+    mapping = val.value
+    _unknown_keys(mapping, ("channels", "dropout"), what)
+    if "channels" not in mapping:
+        raise SpecError(f"{what} needs 'channels'", loc=val.loc, hint="aggregate: {channels: 256}")
+    dropout = (
+        _float(mapping["dropout"], f"{what}.dropout", 0.0, 1.0, low_open=False, high_open=True)
+        if "dropout" in mapping
+        else 0.0
+    )
+    return Aggregate(_int(mapping["channels"], f"{what}.channels", limit="channels"), dropout, val.loc)
+
+
+def _widths(val: _Val, what: str) -> tuple[int, ...]:
+    if not isinstance(val.value, list) or not val.value:
+        raise SpecError(
+            f"{what} must be a list of per-layer widths, got {_type_name(val.value)}",
+            loc=val.loc,
+            hint="widths: [16, 24, 16, 40]",
+        )
+    return tuple(_int(item, f"{what}[{i}]", limit="growth_rate") for i, item in enumerate(val.value))
+
+
+_FEATURE_NAME = re.compile(r"^(block|stage)([1-9][0-9]*)$")
+
+
+def _feature_outputs(
+    head_map: dict[str, _Val], head: _Val, blocks: int
+) -> tuple[tuple[str, ...], tuple[Loc, ...]]:
+    here = head_map["kind"].loc.file
+    for key in ("classes", "norm", "dropout"):
+        # a key merged in from an extended classifier spec is dropped; one written beside 'kind' is a mistake
+        if key in head_map and head_map[key].loc.file == here:
+            raise SpecError(
+                f"head.{key} applies to a classifier head, not a features head",
+                loc=head_map[key].key_loc,
+                hint="a features head outputs feature maps; drop the key",
+            )
+    if "outputs" not in head_map:
+        raise SpecError(
+            "a features head needs 'outputs'",
+            loc=head.loc,
+            hint="head: {kind: features, outputs: [block2, block3]}",
+        )
+    listed = head_map["outputs"]
+    if not isinstance(listed.value, list) or not listed.value:
+        raise SpecError(
+            "head.outputs must be a non-empty list of feature names",
+            loc=listed.loc,
+            hint="outputs: [block2, block3, block4] (or stage<s>)",
+        )
+    names: list[str] = []
+    locs: list[Loc] = []
+    for i, item in enumerate(listed.value):
+        value = item.value
+        match = _FEATURE_NAME.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise SpecError(
+                f"head.outputs[{i}] must be block<b> or stage<s>, got {value!r}",
+                loc=item.loc,
+                hint="e.g. block3: the output of the third block",
+            )
+        if value in names:
+            raise SpecError(f"head.outputs names {value} twice", loc=item.loc)
+        if match.group(1) == "block" and int(match.group(2)) > blocks:
+            raise SpecError(
+                f"head.outputs[{i}] names {value}, but the network has {blocks} blocks", loc=item.loc
+            )
+        names.append(value)
+        locs.append(item.loc)
+    return tuple(names), tuple(locs)
+
+
+def _names(val: _Val) -> tuple[dict[str, str], dict[str, Loc]]:
+    mapping = _mapping(val, "names")
+    _unknown_keys(mapping, tuple(NAME_ROLES), "names")
+    names, locs = {}, {}
+    for role, item in mapping.items():
+        template = item.value
+        if not isinstance(template, str) or not template.strip():
+            raise SpecError(f"names.{role} must be a name template (a string)", loc=item.loc)
+        try:
+            template.format(**{var: 0 for var in NAME_ROLES[role]})
+        except (KeyError, IndexError) as exc:
+            raise SpecError(
+                f"names.{role} uses {{{exc.args[0]}}}, which is not defined for this role",
+                loc=item.loc,
+                hint=f"the variables of {role}: {', '.join('{' + v + '}' for v in NAME_ROLES[role])}",
+            ) from None
+        except ValueError as exc:
+            raise SpecError(f"names.{role} is not a valid template: {exc}", loc=item.loc) from None
+        names[role], locs[role] = template, item.loc
+    return names, locs
 
 
 _TOP_KEYS = (
@@ -680,8 +1031,22 @@ _TOP_KEYS = (
     "head",
     "preprocess",
     "extends",
+    "activation",
+    "layer",
+    "transition",
+    "names",
 )
-_BLOCK_KEYS = ("layers", "growth_rate", "bottleneck", "dropout", "compression", "connectivity")
+_BLOCK_KEYS = (
+    "layers",
+    "growth_rate",
+    "bottleneck",
+    "dropout",
+    "compression",
+    "connectivity",
+    "widths",
+    "aggregate",
+    "transition",
+)
 
 # the options a block mapping may override: key -> reader(value, name for messages)
 _OPTION_READERS: dict[str, Callable[[_Val, str], Any]] = {
@@ -691,6 +1056,121 @@ _OPTION_READERS: dict[str, Callable[[_Val, str], Any]] = {
     "compression": lambda v, what: _float(v, what, 0.0, 1.0, low_open=True, high_open=False),
     "connectivity": _connectivity,
 }
+
+
+def _stem(top: dict[str, _Val], growth_rate: int, file_loc: Loc, locs: dict[str, Loc]) -> Stem:
+    """The ``stem:`` section: a kind (imagenet, cifar) with channels, or a list of conv stages and pools."""
+    stem_kind, stem_channels, stem_loc, stem_locs = "imagenet", 2 * growth_rate, file_loc, {}
+    convs: tuple[ConvStage, ...] = ()
+    stem_pool: tuple[Pool, ...] = ()
+    if "stem" in top:
+        stem_map = _mapping(top["stem"], "stem")
+        _unknown_keys(stem_map, ("kind", "channels", "convs", "pool"), "stem")
+        stem_loc = top["stem"].loc
+        stem_locs = {k: v.loc for k, v in stem_map.items()}
+        if "convs" in stem_map:
+            for key in ("kind", "channels"):
+                if key in stem_map:
+                    raise SpecError(
+                        f"stem.{key} cannot be combined with stem.convs",
+                        loc=stem_map[key].key_loc,
+                        hint="the last conv stage gives the stem's channels",
+                    )
+            listed = stem_map["convs"]
+            if not isinstance(listed.value, list) or not listed.value:
+                raise SpecError(
+                    "stem.convs must be a non-empty list of conv stages",
+                    loc=listed.loc,
+                    hint="convs: [{channels: 32, stride: 2}, {channels: 64}]",
+                )
+            if len(listed.value) > LIMITS["stem_convs"]:
+                raise SpecError(f"stem.convs lists more than {LIMITS['stem_convs']} stages", loc=listed.loc)
+            convs = tuple(_conv_stage(item, f"stem.convs[{i}]") for i, item in enumerate(listed.value))
+            stem_kind, stem_channels = "convs", convs[-1].channels
+            if "pool" in stem_map:
+                stem_pool = _pools(stem_map["pool"], "stem.pool")
+        else:
+            if "pool" in stem_map:
+                raise SpecError(
+                    "stem.pool applies to a stem of conv stages (stem.convs)", loc=stem_map["pool"].key_loc
+                )
+            if "kind" in stem_map:
+                stem_kind = _choice(stem_map["kind"], "stem.kind", STEM_KINDS)
+            if "channels" in stem_map:
+                stem_channels = _int(stem_map["channels"], "stem.channels", limit="channels")
+    if stem_channels > LIMITS["channels"]:
+        raise SpecError(
+            f"stem channels of {stem_channels} is too large", loc=locs.get("growth_rate", file_loc)
+        )
+    return Stem(stem_kind, stem_channels, stem_loc, stem_locs, convs, stem_pool)
+
+
+def _head(top: dict[str, _Val], blocks: int, file_loc: Loc) -> Head:
+    """The ``head:`` section: a classifier (classes, norm, dropout) or a features head (named outputs)."""
+    head_classes, head_loc, head_locs, head_norm, head_dropout = 1000, file_loc, {}, True, 0.0
+    head_kind = "classifier"
+    outputs: tuple[str, ...] = ()
+    output_locs: tuple[Loc, ...] = ()
+    if "head" in top:
+        head_map = _mapping(top["head"], "head")
+        _unknown_keys(head_map, ("kind", "classes", "norm", "dropout", "outputs"), "head")
+        head_loc = top["head"].loc
+        head_locs = {k: v.loc for k, v in head_map.items()}
+        if "kind" in head_map:
+            head_kind = _choice(head_map["kind"], "head.kind", HEAD_KINDS)
+        if head_kind == "features":
+            outputs, output_locs = _feature_outputs(head_map, top["head"], blocks)
+            head_map = {}
+            head_classes = 0
+        elif "outputs" in head_map:
+            raise SpecError(
+                "head.outputs applies to a features head",
+                loc=head_map["outputs"].key_loc,
+                hint="head: {kind: features, outputs: [block2, block3]}",
+            )
+        if "classes" in head_map:
+            head_classes = _int(head_map["classes"], "head.classes", limit="classes")
+        if "norm" in head_map:
+            head_norm = _bool(head_map["norm"], "head.norm")
+        if "dropout" in head_map:
+            head_dropout = _float(
+                head_map["dropout"], "head.dropout", 0.0, 1.0, low_open=False, high_open=True
+            )
+    return Head(head_classes, head_loc, head_locs, head_norm, head_dropout, head_kind, outputs, output_locs)
+
+
+def _block_options(
+    item: _Val, what: str, opts: dict[str, Any], layer: LayerTemplate
+) -> tuple[int, dict[str, Loc]]:
+    """A block written as a mapping: its layer count and locations; the options it sets go into ``opts``."""
+    mapping = item.value
+    _unknown_keys(mapping, _BLOCK_KEYS, what)
+    block_locs = {k: v.loc for k, v in mapping.items()}
+    if "layers" not in mapping:
+        raise SpecError(f"{what} needs 'layers'", loc=item.loc, hint="{layers: 6, growth_rate: 32}")
+    layers = _int(mapping["layers"], f"{what}.layers", limit="layers")
+    for key, read in _OPTION_READERS.items():
+        if key in mapping:
+            opts[key] = read(mapping[key], f"{what}.{key}")
+    if "widths" in mapping:
+        opts["widths"] = _widths(mapping["widths"], f"{what}.widths")
+        if len(opts["widths"]) != layers:
+            raise SpecError(
+                f"{what}.widths lists {len(opts['widths'])} widths for {layers} layers",
+                loc=mapping["widths"].loc,
+                hint="give one width per layer",
+            )
+    if "aggregate" in mapping:
+        opts["aggregate"] = _aggregate(mapping["aggregate"], f"{what}.aggregate")
+    if "transition" in mapping:
+        opts["transition"] = _transition(mapping["transition"], f"{what}.transition", opts["transition"])
+    if opts["bottleneck"] and layer.separable:
+        raise SpecError(
+            "separable layers have no bottleneck",
+            loc=mapping["bottleneck"].loc if "bottleneck" in mapping else item.loc,
+            hint="set 'bottleneck: 0'",
+        )
+    return layers, block_locs
 
 
 def _validate(root: _Val, path: str) -> Spec:
@@ -738,21 +1218,20 @@ def _validate(root: _Val, path: str) -> Spec:
         _connectivity(top["connectivity"], "connectivity") if "connectivity" in top else Connectivity()
     )
 
-    stem_kind, stem_channels, stem_loc, stem_locs = "imagenet", 2 * growth_rate, file_loc, {}
-    if "stem" in top:
-        stem_map = _mapping(top["stem"], "stem")
-        _unknown_keys(stem_map, ("kind", "channels"), "stem")
-        stem_loc = top["stem"].loc
-        stem_locs = {k: v.loc for k, v in stem_map.items()}
-        if "kind" in stem_map:
-            stem_kind = _choice(stem_map["kind"], "stem.kind", STEM_KINDS)
-        if "channels" in stem_map:
-            stem_channels = _int(stem_map["channels"], "stem.channels", limit="channels")
-    if stem_channels > LIMITS["channels"]:
+    activation = _choice(top["activation"], "activation", ACTIVATIONS) if "activation" in top else "relu"
+    layer = _layer_template(top["layer"]) if "layer" in top else LayerTemplate()
+    if layer.separable and bottleneck:
         raise SpecError(
-            f"stem channels of {stem_channels} is too large", loc=locs.get("growth_rate", file_loc)
+            "separable layers have no bottleneck",
+            loc=top["bottleneck"].loc if "bottleneck" in top else top["layer"].loc,
+            hint="set 'bottleneck: 0'",
         )
-    stem = Stem(stem_kind, stem_channels, stem_loc, stem_locs)
+    transition = (
+        _transition(top["transition"], "transition", Transition()) if "transition" in top else Transition()
+    )
+    names, name_locs = _names(top["names"]) if "names" in top else ({}, {})
+
+    stem = _stem(top, growth_rate, file_loc, locs)
 
     if "blocks" not in top:
         raise SpecError(
@@ -785,17 +1264,10 @@ def _validate(root: _Val, path: str) -> Spec:
             "dropout": dropout,
             "compression": compression,
             "connectivity": connectivity,
+            "transition": transition,
         }
         if isinstance(item.value, dict):
-            mapping = item.value
-            _unknown_keys(mapping, _BLOCK_KEYS, what)
-            block_locs = {k: v.loc for k, v in mapping.items()}
-            if "layers" not in mapping:
-                raise SpecError(f"{what} needs 'layers'", loc=item.loc, hint="{layers: 6, growth_rate: 32}")
-            layers = _int(mapping["layers"], f"{what}.layers", limit="layers")
-            for key, read in _OPTION_READERS.items():
-                if key in mapping:
-                    opts[key] = read(mapping[key], f"{what}.{key}")
+            layers, block_locs = _block_options(item, what, opts, layer)
         else:
             layers = _int(item, f"{what} (layers)", limit="layers")
         total_layers += layers
@@ -814,16 +1286,9 @@ def _validate(root: _Val, path: str) -> Spec:
             )
         blocks.append(Block(layers=layers, loc=item.loc, locs=block_locs, **opts))
 
-    head_classes, head_loc, head_locs = 1000, file_loc, {}
-    if "head" in top:
-        head_map = _mapping(top["head"], "head")
-        _unknown_keys(head_map, ("classes",), "head")
-        head_loc = top["head"].loc
-        head_locs = {k: v.loc for k, v in head_map.items()}
-        if "classes" in head_map:
-            head_classes = _int(head_map["classes"], "head.classes", limit="classes")
+    head = _head(top, len(blocks), file_loc)
 
-    preprocess = _preprocess(top.get("preprocess"), stem_kind, channels, size, file_loc)
+    preprocess = _preprocess(top.get("preprocess"), stem.kind, channels, size, file_loc)
 
     return Spec(
         name=name,
@@ -835,12 +1300,16 @@ def _validate(root: _Val, path: str) -> Spec:
         dropout=dropout,
         stem=stem,
         blocks=tuple(blocks),
-        head=Head(head_classes, head_loc, head_locs),
+        head=head,
         connectivity=connectivity,
         preprocess=preprocess,
         path=path,
         loc=root.loc,
         locs=locs,
+        activation=activation,
+        layer=layer,
+        names=names,
+        name_locs=name_locs,
     )
 
 
@@ -851,7 +1320,9 @@ def default_preprocess(stem_kind: str, channels: int, size: tuple[int, int]) -> 
     """The preprocessing a spec gets when it does not say: torchvision's for ImageNet stems, a plain resize else."""
     mean = IMAGENET_MEAN if channels == 3 else (0.0,) * channels
     std = IMAGENET_STD if channels == 3 else (1.0,) * channels
-    resize = math.floor(min(size) / IMAGENET_CROP_FRACTION) if stem_kind == "imagenet" else None
+    # a stem of conv stages is how the ImageNet variants (timm's deep stems, VoVNet, HarDNet) are written
+    imagenet = stem_kind in ("imagenet", "convs")
+    resize = math.floor(min(size) / IMAGENET_CROP_FRACTION) if imagenet else None
     return Preprocess(resize=resize, crop=size, mean=mean, std=std)
 
 

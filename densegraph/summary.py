@@ -23,7 +23,7 @@ def _group(graph: nx.DiGraph) -> list[dict[str, Any]]:
         kind = data["kind"]
         if kind == "input":
             continue
-        if kind in ("block_input", "dense_layer"):
+        if kind in ("block_input", "dense_layer", "aggregate"):
             b = data["block"]
             if b not in by_block:
                 info = blocks[b]
@@ -32,7 +32,9 @@ def _group(graph: nx.DiGraph) -> list[dict[str, Any]]:
                     "kind": "block",
                     "layers": info["layers"],
                     "growth_rate": info["growth_rate"],
-                    "connectivity": info["connectivity"] + (f":{info['window']}" if info["window"] else ""),
+                    "connectivity": info["connectivity"]
+                    + (f":{info['window']}" if info["window"] else "")
+                    + (f":{info['multiplier']:g}" if info.get("multiplier") else ""),
                     "in_channels": info["in_channels"],
                     "out_channels": info["out_channels"],
                     "size": tuple(data["out_size"]),
@@ -41,9 +43,12 @@ def _group(graph: nx.DiGraph) -> list[dict[str, Any]]:
                     "macs": 0,
                     "activations": 0,
                     "concat_elements": 0,
+                    "cio": 0,
                 }
                 rows.append(by_block[b])
             row = by_block[b]
+            if kind == "aggregate":  # the block's output is its aggregation conv's
+                row["out_channels"] = data["out_channels"]
         else:
             row = {
                 "stage": {"stem": "stem", "head": "head"}.get(kind, node),
@@ -59,10 +64,13 @@ def _group(graph: nx.DiGraph) -> list[dict[str, Any]]:
                 "macs": 0,
                 "activations": 0,
                 "concat_elements": 0,
+                "cio": 0,
             }
             rows.append(row)
-        for key in ("params", "macs", "activations", "concat_elements"):
-            row[key] += data[key]
+        for key in ("params", "macs", "activations", "concat_elements", "cio"):
+            row[key] += data.get(key, 0)
+    for row in rows:
+        row["cio_bytes"] = row["cio"] * _BYTES_FP32
     return rows
 
 
@@ -85,8 +93,15 @@ def summary_dict(graph: nx.DiGraph, *, per_node: bool = False) -> dict[str, Any]
         "activations": total["activations"],
         "activation_bytes_fp32": total["activations"] * _BYTES_FP32,
         "concat_elements": total["concat_elements"],
+        "cio": total["cio"],
+        "cio_bytes": total["cio"] * _BYTES_FP32,
         "input_shape": [1, c, h, w],
-        "output_shape": [1, *graph.graph["output_shape"]],
+        "output_shape": [1, *graph.graph["output_shape"]] if graph.graph["output_shape"] else None,
+        # a features head (a backbone): its named outputs, with the stride from the input
+        "outputs": [
+            {"name": o["name"], "channels": o["channels"], "size": list(o["size"]), "stride": o["stride"]}
+            for o in graph.graph.get("outputs") or []
+        ],
         "dense_layers": sum(b["layers"] for b in graph.graph["blocks"]),
         "edges": graph.number_of_edges(),
         "blocks": [
@@ -118,6 +133,7 @@ def summary_dict(graph: nx.DiGraph, *, per_node: bool = False) -> dict[str, Any]
                 "params": data["params"],
                 "macs": data["macs"],
                 "activations": data["activations"],
+                "cio": data.get("cio", 0),
             }
             for node, data in graph.nodes(data=True)
         ]
@@ -152,6 +168,7 @@ def print_summary(graph: nx.DiGraph, *, per_node: bool = False) -> None:
         ("size", "right"),
         ("params", "right"),
         ("MACs", "right"),
+        ("CIO", "right"),
         ("activations", "right"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -166,6 +183,7 @@ def print_summary(graph: nx.DiGraph, *, per_node: bool = False) -> None:
             "x".join(map(str, row["size"])),
             f"{row['params']:,}",
             f"{row['macs']:,}",
+            _human(row["cio_bytes"], "B"),
             _human(row["activations"] * _BYTES_FP32, "B"),
         )
     table.add_section()
@@ -175,31 +193,52 @@ def print_summary(graph: nx.DiGraph, *, per_node: bool = False) -> None:
         "",
         "",
         str(data["edges"]),
-        f"{c}→{data['output_shape'][1]}",
+        f"{c}→{data['output_shape'][1]}" if data["output_shape"] else f"{c}→{len(data['outputs'])} maps",
         "",
         f"{data['params']:,}",
         f"{data['macs']:,}",
+        _human(data["cio_bytes"], "B"),
         _human(data["activation_bytes_fp32"], "B"),
     )
     console.print(table)
+    if data["outputs"]:
+        console.print(_outputs_table(data["outputs"]))
     console.print(
         f"params {data['params']:,} ({_human(data['params'])})   MACs {data['macs']:,} ({_human(data['macs'])}, "
-        f"{_human(data['flops'], 'FLOP')})   activations {_human(data['activation_bytes_fp32'], 'B')} fp32 per image   "
+        f"{_human(data['flops'], 'FLOP')})   CIO {_human(data['cio_bytes'], 'B')} fp32 (bytes the convs read and "
+        f"write)   activations {_human(data['activation_bytes_fp32'], 'B')} fp32 per image   "
         f"concatenation copies {_human(data['concat_elements'] * _BYTES_FP32, 'B')}"
     )
     if per_node:
-        nodes = Table(title="nodes", title_justify="left")
-        for col in ("id", "kind", "module", "inputs", "channels", "size", "params", "MACs"):
-            nodes.add_column(col)
-        for n in data["nodes"]:
-            nodes.add_row(
-                n["id"],
-                n["kind"],
-                n["module"],
-                str(n["inputs"]),
-                f"{n['in_channels']}→{n['out_channels']}",
-                "x".join(map(str, n["size"])),
-                f"{n['params']:,}",
-                f"{n['macs']:,}",
-            )
-        console.print(nodes)
+        console.print(_nodes_table(data["nodes"]))
+
+
+def _outputs_table(outputs: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="features head: outputs", title_justify="left")
+    for col in ("output", "channels", "size", "stride"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for o in outputs:
+        table.add_row(o["name"], str(o["channels"]), "x".join(map(str, o["size"])), str(o["stride"]))
+    return table
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="nodes", title_justify="left")
+    for col in ("id", "kind", "module", "inputs", "channels", "size", "params", "MACs"):
+        table.add_column(col)
+    for n in nodes:
+        table.add_row(
+            n["id"],
+            n["kind"],
+            n["module"],
+            str(n["inputs"]),
+            f"{n['in_channels']}→{n['out_channels']}",
+            "x".join(map(str, n["size"])),
+            f"{n['params']:,}",
+            f"{n['macs']:,}",
+        )
+    return table

@@ -260,6 +260,11 @@ class _Splits:
 def _load_data(data: Any, graph: Any) -> _Splits:
     """The splits of ``data``, checked against the model's input shape and head."""
     input_shape = tuple(graph.graph["input_shape"])
+    if not graph.graph["output_shape"]:
+        raise DensegraphError(
+            "this spec has a features head (a backbone): it has no classes to train",
+            hint="train a spec with a classifier head, then load its weights into the backbone",
+        )
     train_set, val_set, test_set, label = load_splits(data, input_shape, graph.graph["preprocess"])
     check_labels((train_set, val_set), int(graph.graph["output_shape"][0]), label)
     return _Splits(train_set, val_set, test_set, label)

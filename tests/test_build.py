@@ -716,3 +716,36 @@ def test_densenet169_end_to_end(tmp_path: Path) -> None:
     assert manifest["outputs"][0]["shape"] == ["batch", 1000]
     assert manifest["batch_tile"] is None and not {"Loop", "Scan"} & set(manifest["model"]["ops"])
     print(f"densenet169 build: {seconds:.1f} s")
+
+
+def test_features_backbone_builds_a_named_multi_output_onnx(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import onnx
+
+    spec = tmp_path / "backbone.yaml"
+    spec.write_text(
+        f"extends: {REPO / 'tests' / 'data' / 'timm-tiny-vovnet.yaml'}\n".replace(
+            str(REPO), os.path.relpath(REPO, tmp_path)
+        )
+        + "head: {kind: features, outputs: [stage2, stage4]}\n"
+    )
+    code, out, err = build(capsys, str(spec), "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    shapes = {
+        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output
+    }
+    assert shapes == {"stage2": ["batch", 32, 8, 8], "stage4": ["batch", 64, 2, 2]}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["parity"]["fp32"]["passed"]
+    # fp16 gates every output; int8's gate compares logits: refused with one clear line, nothing written
+    code, out, err = build(capsys, str(spec), "-o", str(tmp_path / "out16"), "--precision", "fp16")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out16" / "manifest.json").read_text())
+    assert manifest["parity"]["fp16"]["passed"]
+    assert [o["name"] for o in manifest["outputs"]] == ["stage2", "stage4"]
+    code, out, err = build(
+        capsys, str(spec), "-o", str(tmp_path / "out8"), "--precision", "int8", "--calib", str(tmp_path)
+    )
+    assert code == 2 and "int8's gate compares logits" in err and not (tmp_path / "out8").exists()

@@ -38,6 +38,43 @@ PUBLISHED = [
 ]
 
 
+# The densely connected family at 224x224 and 1000 classes: timm 1.0.31's parameter counts for its models, and
+# for HarDNet those of the authors' hardnet.py (github.com/PingoLH/Pytorch-HarDNet; the paper rounds them to
+# 17.6 / 36.7 / 4.2 / 3.5 M). MACs are densegraph's count (convolutions, blur filters and the classifier).
+FAMILY = [
+    ("densenet264d.yaml", 72_736_216, 13_470_266_880),
+    ("densenetblur121d.yaml", 7_998_088, 3_075_608_576),
+    ("vovnet/vovnet39a.yaml", 22_600_296, 7_072_227_328),
+    ("vovnet/vovnet57a.yaml", 36_640_296, 8_930_144_256),
+    ("hardnet/hardnet68.yaml", 17_565_348, 4_246_114_304),
+    ("hardnet/hardnet85.yaml", 36_670_212, 9_074_081_584),
+    ("hardnet/hardnet68ds.yaml", 4_180_602, 775_281_526),
+    ("hardnet/hardnet39ds.yaml", 3_488_228, 429_471_474),
+]
+
+
+@pytest.mark.parametrize(("spec", "params", "macs"), FAMILY, ids=[p[0] for p in FAMILY])
+def test_family_published_counts(
+    spec: str, params: int, macs: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _summary(SPECS / spec, capsys)
+    assert data["params"] == params
+    assert data["macs"] == macs
+    assert data["input_shape"] == [1, 3, 224, 224]
+    assert data["output_shape"] == [1, 1000]
+
+
+def test_densenet121_macs_by_block_hand_checked_cio(capsys: pytest.CaptureFixture[str]) -> None:
+    # CIO (HarDNet's memory traffic): every conv reads its input and writes its output. Block 1 of densenet121
+    # at 56x56: layer i reads 64 + 32 (i - 1) channels into conv1 (128 out), conv2 reads 128 and writes 32.
+    data = _summary(SPECS / "densenet121.yaml", capsys)
+    block1 = next(row for row in data["stages"] if row["stage"] == "denseblock1")
+    pixels = 56 * 56
+    expected = sum((64 + 32 * (i - 1) + 128) * pixels + (128 + 32) * pixels for i in range(1, 7))
+    assert block1["cio_bytes"] == 4 * expected
+    assert data["cio_bytes"] == 4 * sum(row["cio_bytes"] // 4 for row in data["stages"])
+
+
 def _summary(spec: str | Path, capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
     assert main(["summary", str(spec), "--json"]) == 0
     out = capsys.readouterr().out

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from densegraph import build_graph, check_graph, load_spec, spec_from_string
 from densegraph.cost import totals
 from densegraph.errors import DensegraphError, SpecError
-from densegraph.graph import GraphError, layer_sources, node_inputs
+from densegraph.graph import GraphError, block_outputs, layer_sources, layer_width, node_inputs
 from densegraph.spec import Connectivity
 from densegraph.summary import summary_dict
 
@@ -220,6 +220,10 @@ def _rule_edges(kind: str, size: int | None, layers: int) -> int:
     if kind == "window":
         assert size is not None
         return _window_edges(layers, size)
+    if kind == "chain":
+        return layers
+    if kind == "harmonic":  # layer k has one source per 2^n (n < 10) dividing k
+        return sum(sum(1 for n in range(10) if k % 2**n == 0) for k in range(1, layers + 1))
     return _log_edges(layers)
 
 
@@ -249,7 +253,13 @@ def test_every_shipped_block_has_the_edges_its_rule_gives(path: Path) -> None:
             assert expected == layers * (layers + 1) // 2
         feeding = sum(graph.in_degree(node) for node in info["nodes"][1:])
         assert info["edges"] == feeding == expected
-        assert info["out_channels"] == info["in_channels"] + layers * block.growth_rate
+        if block.connectivity.kind == "harmonic":  # the odd layers and the last
+            exported = [w for k, w in enumerate(info["widths"], 1) if k % 2 or k == layers]
+            assert info["out_channels"] == sum(exported)
+        else:
+            assert info["out_channels"] == info["in_channels"] + sum(
+                block.widths or [block.growth_rate] * layers
+            )
 
 
 @pytest.mark.parametrize(("size", "layers"), [(1, 7), (2, 12), (4, 24), (4, 3), (16, 16)])
@@ -706,3 +716,217 @@ def test_mutated_bytes_through_load_spec_raise_only_densegraph_errors(
                 build_graph(spec)
         except DensegraphError as exc:
             assert "\n" not in exc.format()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# chain (VoVNet's one-shot aggregation) and harmonic (HarDNet) connectivity
+
+
+def test_chain_and_harmonic_sources_by_hand() -> None:
+    chain = Connectivity("chain")
+    assert [layer_sources(chain, i) for i in (1, 2, 5)] == [[0], [1], [4]]
+    assert block_outputs(chain, 3) == [0, 1, 2, 3]  # the block input and every layer, concatenated once
+    harmonic = Connectivity("harmonic", multiplier=1.7)
+    # layer k takes k - 2^n for each 2^n dividing k, nearest first (the reference's concatenation order)
+    assert layer_sources(harmonic, 1) == [0]
+    assert layer_sources(harmonic, 2) == [1, 0]
+    assert layer_sources(harmonic, 6) == [5, 4]
+    assert layer_sources(harmonic, 8) == [7, 6, 4, 0]
+    assert layer_sources(harmonic, 12) == [11, 10, 8]
+    assert block_outputs(harmonic, 8) == [1, 3, 5, 7, 8]
+    assert block_outputs(harmonic, 4) == [1, 3, 4]
+    # growth 14, multiplier 1.7: 14; 14*1.7 = 23.8 -> 24; 14*1.7^2 = 40.46 -> 40; 14*1.7^3 = 68.78 -> 68
+    assert [layer_width(harmonic, 14, i) for i in (1, 2, 3, 4, 8)] == [14, 24, 14, 40, 68]
+    # growth 16, multiplier 1.6 (HarDNet-39DS block 1): 16, 25.6 -> 26, 16, 40.96 -> 40
+    assert [layer_width(Connectivity("harmonic", multiplier=1.6), 16, i) for i in range(1, 5)] == [
+        16,
+        26,
+        16,
+        40,
+    ]
+
+
+HARMONIC_TINY = """\
+name: harmonic-tiny
+input: {channels: 3, size: 8}
+growth_rate: 4
+bottleneck: 0
+activation: relu6
+layer: {order: post}
+connectivity: {kind: harmonic, multiplier: 2}
+stem: {convs: [{channels: 6}]}
+blocks: [{layers: 4, aggregate: 10}]
+head: {classes: 5, norm: false}
+"""
+
+
+def test_harmonic_block_by_hand() -> None:
+    g = build_graph(spec_from_string(HARMONIC_TINY))
+    # widths: 4, 8, 4, 16; inputs: l1 <- [in], l2 <- [l1, in], l3 <- [l2], l4 <- [l3, l2, in]
+    assert node_inputs(g, "block1.layer4") == ["block1.layer3", "block1.layer2", "block1.input"]
+    assert [g.nodes[f"block1.layer{i}"]["in_channels"] for i in range(1, 5)] == [6, 10, 8, 18]
+    assert [g.nodes[f"block1.layer{i}"]["out_channels"] for i in range(1, 5)] == [4, 8, 4, 16]
+    assert node_inputs(g, "block1.aggregate") == ["block1.layer1", "block1.layer3", "block1.layer4"]
+    assert g.nodes["block1.aggregate"]["in_channels"] == 24
+    assert [op["op"] for op in g.nodes["block1.layer2"]["ops"]] == ["conv", "bn", "relu6"]
+    layers = sum(cin * w * 9 + 2 * w for cin, w in [(6, 4), (10, 8), (8, 4), (18, 16)])
+    stem = 6 * 3 * 9 + 12
+    assert totals(g)["params"] == stem + layers + (24 * 10 + 20) + (10 * 5 + 5)
+    assert g.graph["blocks"][0]["edges"] == 1 + 2 + 1 + 3
+
+
+def _swap_harmonic_inputs(g: nx.DiGraph) -> None:
+    a, b = g.edges["block1.layer3", "block1.layer4"], g.edges["block1.layer2", "block1.layer4"]
+    a["position"], b["position"] = b["position"], a["position"]
+
+
+def test_check_graph_catches_a_harmonic_layer_reading_in_the_wrong_order() -> None:
+    g = build_graph(spec_from_string(HARMONIC_TINY))
+    _swap_harmonic_inputs(g)
+    with pytest.raises(GraphError):
+        check_graph(g)
+
+
+def _drop_exported_layer(g: nx.DiGraph) -> None:
+    g.graph["blocks"][0]["outputs"] = g.graph["blocks"][0]["outputs"][1:]
+
+
+def test_check_graph_catches_a_wrong_block_output() -> None:
+    g = build_graph(spec_from_string(HARMONIC_TINY))
+    _drop_exported_layer(g)
+    with pytest.raises(GraphError):
+        check_graph(g)
+
+
+@dataclass(frozen=True)
+class GenFamilyBlock:
+    layers: int
+    growth_rate: int
+    aggregate: int
+    pool: bool
+
+
+def _harmonic_reference(layer: int, base: int, growth: int, multiplier: float) -> tuple[int, int, list[int]]:
+    """(width, input channels, sources) of a harmonic layer, by the recursion of HarDNet's paper / reference."""
+    if layer == 0:
+        return base, 0, []
+    width: float = growth
+    links = []
+    for n in range(10):
+        if layer % 2**n == 0:
+            links.append(layer - 2**n)
+            if n > 0:
+                width *= multiplier
+    width = int(int(width + 1) / 2) * 2
+    return int(width), sum(_harmonic_reference(i, base, growth, multiplier)[0] for i in links), links
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["chain", "harmonic"]),
+    multiplier=st.sampled_from([1.0, 1.6, 1.7, 2.0]),
+    separable=st.booleans(),
+    stem_channels=st.integers(1, 12),
+    blocks=st.lists(
+        st.builds(
+            GenFamilyBlock,
+            layers=st.integers(1, 17),
+            growth_rate=st.integers(1, 12),
+            aggregate=st.integers(1, 24),
+            pool=st.booleans(),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_generated_chain_and_harmonic_specs(
+    kind: str, multiplier: float, separable: bool, stem_channels: int, blocks: list[GenFamilyBlock]
+) -> None:
+    conn = "chain" if kind == "chain" else f"{{kind: harmonic, multiplier: {multiplier}}}"
+    lines = [
+        "input: {channels: 3, size: 16}",
+        "growth_rate: 4",
+        "bottleneck: 0",
+        f"layer: {{order: post, separable: {str(separable).lower()}}}",
+        f"connectivity: {conn}",
+        f"stem: {{convs: [{{channels: {stem_channels}}}]}}",
+        "transition: {conv: none, pool: {kind: max, kernel: 2, stride: 2}}",
+        "blocks:",
+    ]
+    for b in blocks:
+        pool = "" if b.pool else ", transition: {pool: none}"
+        lines.append(
+            f"  - {{layers: {b.layers}, growth_rate: {b.growth_rate}, aggregate: {b.aggregate}{pool}}}"
+        )
+    lines.append("head: {classes: 3, norm: false}")
+    graph = build_graph(spec_from_string("\n".join(lines) + "\n"))
+    check_graph(graph)
+
+    params = 3 * stem_channels * 9 + 2 * stem_channels
+    channels = stem_channels
+    for b in blocks:
+        widths, sources = [], []
+        for i in range(1, b.layers + 1):
+            if kind == "chain":
+                w, cin = b.growth_rate, channels if i == 1 else b.growth_rate
+                sources.append([i - 1])
+            else:
+                w, cin, links = _harmonic_reference(i, channels, b.growth_rate, multiplier)
+                sources.append(links)
+            widths.append(w)
+            params += (cin * w + 2 * w + 9 * w + 2 * w) if separable else (cin * w * 9 + 2 * w)
+        exported = (
+            channels + sum(widths)
+            if kind == "chain"
+            else sum(w for i, w in enumerate(widths, 1) if i % 2 == 1 or i == b.layers)
+        )
+        params += exported * b.aggregate + 2 * b.aggregate
+        channels = b.aggregate
+        index = blocks.index(b) + 1
+        info = graph.graph["blocks"][index - 1]
+        assert info["widths"] == widths
+        assert info["edges"] == sum(len(s) for s in sources)
+    params += channels * 3 + 3
+    assert totals(graph)["params"] == params
+
+
+# ---------------------------------------------------------------------------------------------------------
+# features heads (backbones)
+
+
+def test_densenet121_features_head_shapes() -> None:
+    g = build_graph(load_spec(REPO / "tests" / "data" / "densenet121-features.yaml"))
+    outputs = {o["name"]: (o["channels"], o["size"], o["stride"]) for o in g.graph["outputs"]}
+    assert outputs == {
+        "block2": (512, [28, 28], 8),
+        "block3": (1024, [14, 14], 16),
+        "block4": (1024, [7, 7], 32),
+    }
+    # block2's output is its concatenation before the transition: the transition reads the same maps
+    assert node_inputs(g, "output.block2") == node_inputs(g, "transition2")
+    assert "head" not in g and g.graph["output_shape"] == ()
+    check_graph(g)
+
+
+def test_features_head_stops_after_the_last_output_and_names_stages() -> None:
+    text = (REPO / "specs" / "vovnet" / "vovnet39a.yaml").read_text()
+    text = text.replace(
+        "head: {classes: 1000, norm: false}", "head: {kind: features, outputs: [stage2, stage3]}"
+    )
+    g = build_graph(spec_from_string(text))
+    # stages are cut by the downsampling transitions: stage 3 ends with block 4 (two OSA modules)
+    assert [(o["name"], o["block"], o["channels"], o["stride"]) for o in g.graph["outputs"]] == [
+        ("stage2", 2, 512, 8),
+        ("stage3", 4, 768, 16),
+    ]
+    assert node_inputs(g, "output.stage3") == ["block4.aggregate"]
+    assert "block5.input" not in g  # nothing after the last requested output is built
+    with pytest.raises(SpecError, match="stage5, but the network has 4 stages"):
+        build_graph(spec_from_string(text.replace("[stage2, stage3]", "[stage5]")))
+
+
+def test_check_graph_catches_a_stray_sink_in_a_features_graph() -> None:
+    g = build_graph(load_spec(REPO / "tests" / "data" / "densenet121-features.yaml"))
+    g.graph["outputs"] = g.graph["outputs"][:-1]
+    with pytest.raises(GraphError, match="sinks must be the feature outputs"):
+        check_graph(g)

@@ -24,7 +24,6 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 KNOWN = {
     "size": {"densegraph.lower.torch", "densegraph.spec"},
     "function": {
-        "densegraph.graph.check_graph",
         "densegraph.spec._validate",
     },
     "cli-only": set(),

@@ -57,12 +57,21 @@ def emit(
 
 def _doc(graph: nx.DiGraph) -> str:
     c, h, w = graph.graph["input_shape"]
+    features = graph.graph.get("outputs")
+    if features:
+        maps = ", ".join(
+            f"{o['name']} [batch, {o['channels']}, {o['size'][0]}, {o['size'][1]}]" for o in features
+        )
+        return f"{graph.graph['name']}: images [batch, {c}, {h}, {w}] float32 -> {maps}"
     classes = graph.graph["output_shape"][0]
     return f"{graph.graph['name']}: images [batch, {c}, {h}, {w}] float32 -> logits [batch, {classes}]"
 
 
 def batch_tile_for(options: BuildOptions, graph: nx.DiGraph) -> int | None:
-    """The batch tile the build's ``batch_tile`` setting asks for on this graph (None: no tiling)."""
+    """The batch tile the build's ``batch_tile`` setting asks for on this graph (None: no tiling; a features
+    head's several outputs are never tiled)."""
+    if graph.graph.get("outputs"):
+        return None
     return choose_batch_tile(
         graph,
         str(options.batch_tile),

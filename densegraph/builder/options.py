@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import BuildError
 from ..export.onnx import DEFAULT_OPSET, check_opset
 
-__all__ = ["BuildOptions", "PRECISIONS", "TARGETS", "check_options", "graph_passes"]
+if TYPE_CHECKING:
+    import networkx as nx
+
+__all__ = ["BuildOptions", "PRECISIONS", "TARGETS", "check_features", "check_options", "graph_passes"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("onnx", "tensorrt")
@@ -119,3 +123,22 @@ def graph_passes(options: BuildOptions) -> list[str]:
     if options.precision == "int8" and options.target == "onnx":
         chosen.update(("bn_to_depthwise", "avgpool_to_depthwise"))
     return [name for name in PASSES if name in chosen]
+
+
+def check_features(graph: nx.DiGraph, options: BuildOptions) -> None:
+    """A features head (a backbone, several named outputs) builds in fp32 and fp16; int8's gate, labels and
+    batch tiles are about one logits output."""
+    if not graph.graph.get("outputs"):
+        return
+    if options.precision == "int8":
+        raise BuildError(
+            "a features head (several outputs) builds in fp32 or fp16; int8's gate compares logits",
+            hint="build --precision fp32 (or fp16)",
+        )
+    if options.labels:
+        raise BuildError("--labels names a classifier's classes; this spec has a features head")
+    if str(options.batch_tile) not in ("off", "auto"):
+        raise BuildError(
+            "--batch-tile applies to a classifier; a features head has several outputs",
+            hint="drop --batch-tile",
+        )

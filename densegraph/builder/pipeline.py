@@ -18,7 +18,7 @@ from ..spec import Spec, load_spec
 from .engine_stage import build_engine_into, engine_options_from
 from .int8_stage import calibration_data, int8_model
 from .onnx_stage import batch_tile_for, emit, lower, tile_final_model
-from .options import BuildOptions, check_options, graph_passes
+from .options import BuildOptions, check_features, check_options, graph_passes
 from .parity_stage import PARITY_BATCHES, fp16_model, torch_references
 from .progress import Progress, Stages
 from .record import manifest_head, model_record
@@ -74,6 +74,7 @@ def build_model(
         stage = output.path
         with stages.stage("graph", loaded.name):
             graph = build_graph(loaded)
+        check_features(graph, options)
         labels = read_labels(options.labels, int(graph.graph["output_shape"][0])) if options.labels else None
         if options.precision == "int8":
             with stages.stage("calib", f"{options.calib}, up to {options.calib_samples} samples"):

@@ -12,7 +12,8 @@ torchvision's module paths: ``features.denseblock1.denselayer3.conv1`` (the conv
 own (the head's ReLU, the global pool) takes its node's module path (or the node's id) and its kind:
 ``head.relu``. A rewrite keeps the name of the op it replaces (a BN folded into a conv leaves the conv's name;
 a BN as a depthwise conv keeps the BN's). The model has one input ``images`` ``[batch, C, H, W]`` and one
-output ``logits`` ``[batch, classes]``. Equal inputs give equal bytes.
+output ``logits`` ``[batch, classes]``, or for a features head one output per named feature map
+(``block3`` ``[batch, C, H, W]``). Equal inputs give equal bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..graph import node_inputs
+from ..graph import binomial_filter, node_inputs
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -56,6 +57,13 @@ class _Emission:
         if shape is not None:
             array = array.reshape(shape)
         self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        """Add ``array`` as initializer ``name`` in its own dtype (shapes, pads); returns the name."""
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
     def node(self, op_type: str, inputs: Sequence[str], output: str, **attrs: Any) -> str:
@@ -103,6 +111,31 @@ def _bn(e: _Emission, op: dict[str, Any], x: str, name: str) -> str:
 
 def _relu(e: _Emission, op: dict[str, Any], x: str, name: str) -> str:
     return e.node("Relu", [x], name)
+
+
+def _relu6(e: _Emission, op: dict[str, Any], x: str, name: str) -> str:
+    low = e.constant(f"{name}.min", np.array(0.0, dtype=np.float32))
+    high = e.constant(f"{name}.max", np.array(6.0, dtype=np.float32))
+    return e.node("Clip", [x, low, high], name)
+
+
+def _blurpool(e: _Emission, op: dict[str, Any], x: str, name: str) -> str:
+    """Reflect padding, then the fixed binomial filter as a constant depthwise conv (see the graph's op table)."""
+    k, channels = int(op["kernel"]), int(op["channels"])
+    pad = (k - 1) // 2
+    pads = e.constant(f"{name}.pads", np.array([0, 0, pad, pad, 0, 0, pad, pad], dtype=np.int64))
+    padded = e.node("Pad", [x, pads], f"{name}.pad", mode="reflect")
+    kernel = np.asarray(binomial_filter(k), dtype=np.float64)
+    weight = np.broadcast_to(kernel, (channels, 1, k, k))
+    return e.node(
+        "Conv",
+        [padded, e.weight(f"{name}.filter", weight)],
+        name,
+        kernel_shape=_pair(k),
+        strides=_pair(op["stride"]),
+        pads=[0, 0, 0, 0],
+        group=channels,
+    )
 
 
 def _pool(op_type: str) -> Emitter:
@@ -165,6 +198,8 @@ EMITTERS: dict[str, Emitter] = {
     "conv": _conv,
     "bn": _bn,
     "relu": _relu,
+    "relu6": _relu6,
+    "blurpool": _blurpool,
     "maxpool": _pool("MaxPool"),
     "avgpool": _pool("AveragePool"),
     "global_avgpool": _global_avgpool,
@@ -245,19 +280,19 @@ def onnx_from_ops(
             except (KeyError, TypeError, ValueError) as exc:
                 raise EmitError(f"while emitting {node} ({op_name}, {op['op']}): {exc}") from exc
         values[node] = x
-    # the sink's last value is the model's output: rename it where it is produced
-    last = values[sink]
-    producer = next((n for n in reversed(e.nodes) if last in n.output), None)
-    if producer is None:
-        raise EmitError(f"{sink}: the graph's output is not computed by any op")
-    producer.output[0] = OUTPUT_NAME
     c, h, w = graph.graph["input_shape"]
-    classes = int(graph.graph["output_shape"][0])
+    features = graph.graph.get("outputs")
+    if features:
+        outputs = _feature_outputs(e, features, values)
+    else:
+        _rename_output(e, values[sink], OUTPUT_NAME, sink)
+        classes = int(graph.graph["output_shape"][0])
+        outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_AXIS, classes])]
     model_graph = helper.make_graph(
         e.nodes,
         name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_AXIS, c, h, w])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_AXIS, classes])],
+        outputs,
         e.initializers,
     )
     opsets = [helper.make_opsetid("", opset)]
@@ -272,6 +307,32 @@ def onnx_from_ops(
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=value)
     return model
+
+
+def _rename_output(e: _Emission, value: str, output: str, node: str) -> None:
+    """Name ``value`` ``output`` where it is produced (the node that computes it, and nothing reads it yet)."""
+    producer = next((n for n in reversed(e.nodes) if value in n.output), None)
+    if producer is None:
+        raise EmitError(f"{node}: the graph's output is not computed by any op")
+    producer.output[0] = output
+
+
+def _feature_outputs(e: _Emission, features: list[dict[str, Any]], values: dict[str, str]) -> list[Any]:
+    """A features head: one model output per named feature map, ``[batch, channels, H, W]``. A map that other
+    nodes also read (a block's single output, read by its transition) is passed on through an Identity."""
+    from onnx import TensorProto, helper
+
+    read = {i for n in e.nodes for i in n.input}
+    outputs = []
+    for o in features:
+        value = values[o["node"]]
+        if value in read or value == INPUT_NAME:
+            e.node("Identity", [value], o["name"])
+        else:
+            _rename_output(e, value, o["name"], o["node"])
+        shape: list[str | int | None] = [BATCH_AXIS, int(o["channels"]), *map(int, o["size"])]
+        outputs.append(helper.make_tensor_value_info(o["name"], TensorProto.FLOAT, shape))
+    return outputs
 
 
 def onnx_from_graph(

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "flat_outputs",
     "BATCH_AXIS",
     "DEFAULT_OPSET",
     "MIN_OPSET",
@@ -253,11 +254,21 @@ def ort_session(
     return ort.InferenceSession(source, options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
+def flat_outputs(outputs: Sequence[Any]) -> np.ndarray:
+    """One output as it is; several (a features head's) flattened per sample and concatenated, in order, so that
+    one comparison covers every output."""
+    if len(outputs) == 1:
+        return np.asarray(outputs[0])
+    return np.concatenate([np.asarray(o).reshape(len(o), -1) for o in outputs], axis=1)
+
+
 def run_onnx(session: onnxruntime.InferenceSession, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-    """The first output of ``session`` on ``x``, run ``batch_size`` samples at a time."""
+    """The output of ``session`` on ``x`` (several: see :func:`flat_outputs`), ``batch_size`` samples at a time."""
     name = session.get_inputs()[0].name
     x = np.ascontiguousarray(x, dtype=np.float32)
-    chunks = [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    chunks = [
+        flat_outputs(session.run(None, {name: x[i : i + batch_size]})) for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
@@ -279,10 +290,23 @@ def verify_outputs(
 
     if isinstance(model, OnnxRuntimeRunner):  # the caller's runner: loaded here if need be, released by them
         got = [model.load()(x) for x in inputs]
+    elif _output_count(model) > 1:  # a features head: every named map, flattened in order (flat_outputs)
+        session = ort_session(model)
+        name = session.get_inputs()[0].name
+        got = [np.asarray(flat_outputs(session.run(None, {name: x})), dtype=np.float32) for x in inputs]
     else:
         with OnnxRuntimeRunner(model) as runner:
             got = [runner(x) for x in inputs]
     return check_outputs(got, references, precision, runtime=_runtime_name())
+
+
+def _output_count(model: str | os.PathLike[str] | bytes) -> int:
+    """How many outputs a serialized model has (the runners take one logits output; a backbone has several)."""
+    import onnx
+
+    if isinstance(model, bytes):
+        return len(onnx.load_from_string(model).graph.output)
+    return len(onnx.load(os.fspath(model), load_external_data=False).graph.output)
 
 
 def verify_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from torch import nn
 from ..cost import TILE_BYTES
 from ..graph import check_graph, graph_of, node_inputs
 from ..passes import EXPORT_PASSES, PASSES, frozen_ops, run_passes
+from .functional import feature_outputs, forward_result, run_functional
 from .fused import (
     BlockStore,
     BufferRead,
@@ -54,6 +55,7 @@ __all__ = [
     "freeze",
     "init_weights",
     "graph_of",
+    "feature_outputs",
     "buffer_layout",
     "REWRITES",
     "EXPORT_REWRITES",
@@ -69,25 +71,35 @@ def _module_for(op: dict[str, Any]) -> nn.Module | None:
             op["kernel"],
             stride=op["stride"],
             padding=op["padding"],
+            groups=op.get("groups", 1),
             bias=op["bias"],
         )
     if kind == "bn":
         return nn.BatchNorm2d(op["channels"], eps=op["eps"], momentum=op["momentum"])
     if kind == "relu":
         return nn.ReLU(inplace=True)
+    if kind == "relu6":
+        return nn.ReLU6(inplace=True)
     if kind == "maxpool":
-        return nn.MaxPool2d(op["kernel"], stride=op["stride"], padding=op["padding"])
+        return nn.MaxPool2d(
+            op["kernel"], stride=op["stride"], padding=op["padding"], ceil_mode=op.get("ceil_mode", False)
+        )
     if kind == "avgpool":
-        return nn.AvgPool2d(op["kernel"], stride=op["stride"], padding=op.get("padding", 0))
+        return nn.AvgPool2d(
+            op["kernel"],
+            stride=op["stride"],
+            padding=op.get("padding", 0),
+            ceil_mode=op.get("ceil_mode", False),
+        )
     if kind == "linear":
         return nn.Linear(op["in_features"], op["out_features"], bias=op["bias"])
-    if kind in ("dropout", "global_avgpool"):
+    if kind in ("dropout", "global_avgpool", "blurpool"):
         return None
     raise ValueError(f"no PyTorch lowering for op kind {kind!r}")
 
 
 # ops that may run without a module of their own (they hold no parameters or state)
-_FUNCTIONAL = ("relu", "dropout", "global_avgpool")
+_FUNCTIONAL = ("relu", "relu6", "dropout", "global_avgpool", "maxpool", "avgpool", "blurpool")
 
 
 class _Container(nn.Module):
@@ -270,6 +282,8 @@ def _preactivation_at(ops: list[tuple[str, Any]], i: int) -> int:
     if not (isinstance(bn, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d)):
         return 0
     pool = ops[i + 3][1] if len(kinds) == 4 and kinds[3] == "avgpool" else None
+    if conv.groups != 1:
+        return 0
     pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
     if pointwise and isinstance(pool, nn.AvgPool2d) and pool.padding == 0 and not pool.ceil_mode:
         return 4
@@ -289,8 +303,10 @@ class GraphModule(nn.Module):
         check_graph(graph)
         self.graph = graph
         self.input_shape = tuple(graph.graph["input_shape"])
-        self.num_classes = int(graph.graph["output_shape"][0])
+        shape = graph.graph["output_shape"]
+        self.num_classes = int(shape[0]) if shape else 0  # 0: a features head (a backbone), as timm's
         self.memory_efficient = memory_efficient
+        self._features = feature_outputs(graph)
         for node, data in graph.nodes(data=True):
             for op in data["ops"]:
                 if not op.get("name"):
@@ -307,19 +323,15 @@ class GraphModule(nn.Module):
     def _ops_of(self, node: str) -> list[tuple[str, Any]]:
         ops: list[tuple[str, Any]] = []
         for op in self.graph.nodes[node]["ops"]:
-            if op["op"] in ("dropout", "global_avgpool") or not op.get("name"):
+            if op["op"] in ("dropout", "global_avgpool", "blurpool") or not op.get("name"):
                 ops.append((op["op"], op))
             else:
                 ops.append((op["op"], self.get_submodule(op["name"])))
         return ops
 
     def _run_op(self, kind: str, fn: Any, out: torch.Tensor) -> torch.Tensor:
-        if kind == "dropout":
-            return F.dropout(out, p=fn["p"], training=self.training)
-        if kind == "global_avgpool":
-            return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        if kind == "relu" and isinstance(fn, dict):
-            return F.relu(out, inplace=True)
+        if isinstance(fn, dict):
+            return run_functional(fn, out, training=self.training)
         return fn(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -336,7 +348,7 @@ class GraphModule(nn.Module):
             for i in step.free:
                 values[i] = None
             values[step.out] = out
-        return out
+        return forward_result(self._features, values, out)
 
     def _preactivation(
         self,
@@ -385,7 +397,7 @@ class GraphModule(nn.Module):
                     read = BufferRead(stores[part.group], part.ranges)
                     out, i = self._preactivation(ops, 0, None, read, [values[j] for j in part.members])
                 else:
-                    writable = bool(ops) and ops[0][0] == "relu"  # the only in-place op
+                    writable = bool(ops) and ops[0][0] in ("relu", "relu6")  # the in-place ops
                     out = _read(step.parts, stores, values, autograd=autograd, writable=writable)
                 while i < len(ops):
                     if autograd and _preactivation_at(ops, i):
@@ -404,7 +416,7 @@ class GraphModule(nn.Module):
             for store in stores:  # consumers that need a buffer in backward hold it themselves
                 store.buffer = None
                 store.release_scratch()
-        return out
+        return forward_result(self._features, values, out)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -502,7 +514,9 @@ class _FrozenOp(nn.Module):
         }
         self.stride, self.padding = op.get("stride", 1), op.get("padding", 0)
         self.kernel, self.post, self.eps = op.get("kernel", 1), op.get("post"), op.get("eps", 0.0)
-        self.use_mkldnn = use_mkldnn and self.kind == "conv"
+        self.groups, self.ceil_mode = op.get("groups", 1), op.get("ceil_mode", False)
+        self.op = {k: v for k, v in op.items() if not isinstance(v, torch.Tensor)}  # for the functional ops
+        self.use_mkldnn = use_mkldnn and self.kind == "conv" and self.groups == 1
         self._packed: dict[tuple[Any, ...], torch.Tensor] = {}
         for name in self._TENSORS:
             t = op.get(name)
@@ -541,7 +555,7 @@ class _FrozenOp(nn.Module):
         if self._mkldnn_for(x):
             packed = self._packed_weight(x.shape)
             return conv_pointwise(x, packed, self.bias, self.stride, self.padding, self.post)
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
         return F.relu(out, inplace=True) if self.post == "relu" else out
 
     def bind(self, x: _Seen, scratch: _Scratch | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -571,10 +585,10 @@ class _FrozenOp(nn.Module):
             return F.batch_norm(x, self.mean, self.var, self.weight, self.bias, False, 0.0, self.eps)
         if kind == "relu":
             return F.relu(x)
-        if kind == "maxpool":
-            return F.max_pool2d(x, self.kernel, self.stride, self.padding)
-        if kind == "avgpool":
-            return F.avg_pool2d(x, self.kernel, self.stride, self.padding)
+        if kind == "relu6":
+            return F.relu6(x)
+        if kind in ("maxpool", "avgpool", "blurpool"):
+            return run_functional(self.op, x)
         if kind == "global_avgpool":
             return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         if kind == "linear":
@@ -599,7 +613,8 @@ class FrozenGraphModule(nn.Module):
         super().__init__()
         self.graph = graph
         self.input_shape = tuple(graph.graph["input_shape"])
-        self.num_classes = int(graph.graph["output_shape"][0])
+        shape = graph.graph["output_shape"]
+        self.num_classes = int(shape[0]) if shape else 0  # 0: a features head (a backbone), as timm's
         self.rewrites = rewrites
         self.channels_last = "channels_last" in rewrites
         use_mkldnn = "mkldnn" in rewrites and mkldnn_conv_available()
@@ -623,7 +638,9 @@ class FrozenGraphModule(nn.Module):
             self._groups, slots = [], {}
         self._plan = _make_plan(graph, lambda node: [(m.kind, m) for m in modules[node]], slots)
         self._stages = _stages(self._plan)
-        self.batch_tiling = "batch_tiling" in rewrites
+        self._features = feature_outputs(graph)
+        # batch tiles carry one value from stage to stage; a features head's outputs live across stages
+        self.batch_tiling = "batch_tiling" in rewrites and not self._features
 
     def node_ops(self) -> dict[str, list[dict[str, Any]]]:
         """Each node's rewritten ops as op dicts carrying this module's tensors (what the ONNX emitter takes:
@@ -671,6 +688,8 @@ class FrozenGraphModule(nn.Module):
         input looked like, keyed by (step index in ``steps``, op index))."""
         for i, step in enumerate(steps):
             out = _read(step.parts, stores, values, autograd=False, writable=False)
+            if not step.ops and step.slot is None:  # an output: never a view of a buffer that is reused
+                out = out.clone() if len(step.parts) == 1 and len(step.parts[0].ranges) <= 1 else out
             for j, (_, op) in enumerate(step.ops):
                 if seen is not None:
                     seen[i, j] = _Seen.of(out)
@@ -709,7 +728,7 @@ class FrozenGraphModule(nn.Module):
                     out = out.clone()  # the program's buffers are rewritten by the next tile and call
                 outputs.append(out)
             values[stage.entry], values[exit_] = None, outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-        return values[self._plan[-1].out]
+        return forward_result(self._features, values, values[self._plan[-1].out])
 
     def _hooked(self) -> bool:
         return any(m._forward_hooks or m._forward_pre_hooks for m in self._op_list) or bool(
@@ -816,6 +835,7 @@ class _Program:
         self.channels_last = module.channels_last
         self.size = module.graph.number_of_nodes()
         self.output = module._plan[-1].out
+        self._features = module._features
         # the convolution weights packed into the program: (the op's buffers, the tensor, its version)
         self.weights: list[tuple[dict[str, Any], torch.Tensor, int | None]] = []
         for op in module._op_list:
@@ -883,7 +903,7 @@ class _Program:
                 _replay(instructions, local)
                 outputs.append(local[exit_])
             values[entry], values[exit_] = None, torch.cat(outputs)
-        return values[self.output]
+        return forward_result(self._features, values, values[self.output])
 
 
 def _shares_memory(t: torch.Tensor, buffer: torch.Tensor | None) -> bool:

@@ -210,3 +210,132 @@ def test_int8_gate_is_logits_sqnr_and_top1_with_labels() -> None:
     wrong[rows, (labels[rows] + 1) % 10] = 8.01  # 6% of the decisions change, the logits hardly
     with pytest.raises(BuildError, match=r"SQNR 1\d\.\d dB, top-1 100.0% -> 94.0%"):
         verify_int8(confident, wrong, labels)
+
+
+@pytest.mark.parametrize("name", ["timm-tiny-densenet-blur", "timm-tiny-vovnet"])
+def test_onnxruntime_reproduces_timm(tmp_path: Path, name: str) -> None:
+    spec = Path(__file__).resolve().parents[1] / "data" / f"{name}.yaml"
+    io = torch.load(FIXTURES / f"{name}-io.pt", weights_only=True)
+    module = load_weights(to_torch(spec), FIXTURES / f"{name}.pth").eval()
+    for candidate in (module, freeze(module, for_export=True)):
+        export(candidate, tmp_path / "m.onnx")
+        got = run_onnx(ort_session(tmp_path / "m.onnx"), io["input"].numpy())
+        assert (
+            np.max(np.abs(got - io["output"].numpy())) <= 1e-5 * np.max(np.abs(io["output"].numpy())) + 1e-5
+        )
+
+
+def test_features_head_exports_one_named_output_per_map(tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parents[1] / "data" / "timm-tiny-vovnet.yaml"
+    text = spec.read_text().replace(
+        "head: {classes: 10, norm: false}", "head: {kind: features, outputs: [stage1, stage3, stage4]}"
+    )
+    from densegraph import spec_from_string
+
+    module = to_torch(spec_from_string(text, str(spec)), seed=0).eval()
+    weights = torch.load(FIXTURES / "timm-tiny-vovnet.pth", weights_only=True)
+    load_weights(module, {k: v for k, v in weights.items() if not k.startswith("head.")})
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = module(x)
+    model = export(freeze(module, for_export=True), tmp_path / "m.onnx")
+    signature = io_signature(model)
+    assert [(o["name"], o["shape"]) for o in signature["outputs"]] == [
+        ("stage1", ["batch", 32, 16, 16]),
+        ("stage3", ["batch", 48, 4, 4]),
+        ("stage4", ["batch", 64, 2, 2]),
+    ]
+    got = ort_session(tmp_path / "m.onnx").run(None, {"images": x.numpy()})
+    for array, name in zip(got, expected, strict=True):
+        assert np.max(np.abs(array - expected[name].numpy())) <= 1e-4
+
+
+FAMILY_SPEC = REPO / "tests" / "data" / "family-tiny.yaml"
+
+
+def _family() -> torch.nn.Module:
+    from densegraph.testing import randomize_batchnorm
+
+    return randomize_batchnorm(to_torch(FAMILY_SPEC, seed=0).eval(), seed=1, scale=(0.5, 1.5))
+
+
+def test_the_family_ops_emit_as_plain_onnx_operators(tmp_path: Path) -> None:
+    """ReLU6 as Clip [0, 6], the blur pool as reflect Pad and a constant depthwise Conv (timm's filter), grouped
+    convs with their group, ceil-mode pools with ceil_mode: run by onnxruntime against PyTorch."""
+    module = _family()
+    model = export(module, tmp_path / "m.onnx")
+    nodes = {n.name: n for n in model.graph.node}
+    attrs = {
+        name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for name, n in nodes.items()
+    }
+    assert nodes["features.relu0"].op_type == "Clip"
+    blur = next(n for n in nodes.values() if n.op_type == "Pad")
+    assert attrs[blur.name]["mode"] == b"reflect" and blur.name == "features.blurpool.pad"
+    assert attrs["features.blurpool"]["group"] == 12 and nodes["features.blurpool"].op_type == "Conv"
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    expected = np.outer([1, 2, 1], [1, 2, 1]) / 16
+    assert np.array_equal(weights["features.blurpool.filter"], np.broadcast_to(expected, (12, 1, 3, 3)))
+    assert attrs["features.pool0"]["ceil_mode"] == 1 and nodes["features.pool0"].op_type == "MaxPool"
+    assert attrs["features.transition1.pool"]["ceil_mode"] == 1
+    assert attrs["features.denseblock1.denselayer1.dwconv1"]["group"] == 6
+    x = np.random.default_rng(0).standard_normal((3, 3, 27, 27), dtype=np.float32)
+    verify_outputs(tmp_path / "m.onnx", [x], [torch_logits(module, x)], "fp32")
+
+
+def test_the_family_ops_convert_to_fp16(tmp_path: Path) -> None:
+    module = _family()
+    model16, _ = fp16_from_onnx(export_fp16_ready(module, tmp_path / "m.onnx"))
+    save_onnx(model16, tmp_path / "m16.onnx")
+    x = np.random.default_rng(1).standard_normal((2, 3, 27, 27), dtype=np.float32)
+    verify_outputs(tmp_path / "m16.onnx", [x], [torch_logits(module, x)], "fp16")
+
+
+def test_densenet121_backbone_outputs_are_named_and_shaped_as_the_blocks() -> None:
+    """The issue's example: densenet121 at 224 with block2..4 gives [b,512,28,28], [b,1024,14,14], [b,1024,7,7]."""
+    from densegraph import build_graph, load_spec
+
+    graph = build_graph(load_spec(REPO / "tests" / "data" / "densenet121-features.yaml"))
+    assert [(o["name"], o["channels"], o["size"], o["stride"]) for o in graph.graph["outputs"]] == [
+        ("block2", 512, [28, 28], 8),
+        ("block3", 1024, [14, 14], 16),
+        ("block4", 1024, [7, 7], 32),
+    ]
+    state = {k: torch.zeros(v.shape) for k, v in to_torch(graph, seed=0).state_dict().items()}
+    model, _ = onnx_from_graph(graph, state, opset=DEFAULT_OPSET)
+    assert [(o["name"], o["shape"]) for o in io_signature(check_onnx(model))["outputs"]] == [
+        ("block2", ["batch", 512, 28, 28]),
+        ("block3", ["batch", 1024, 14, 14]),
+        ("block4", ["batch", 1024, 7, 7]),
+    ]
+
+
+FAMILY = [
+    "specs/densenet264d.yaml",
+    "specs/densenetblur121d.yaml",
+    "specs/vovnet/vovnet39a.yaml",
+    "specs/vovnet/vovnet57a.yaml",
+    "specs/hardnet/hardnet68.yaml",
+    "specs/hardnet/hardnet85.yaml",
+    "specs/hardnet/hardnet68ds.yaml",
+    "specs/hardnet/hardnet39ds.yaml",
+]
+BIG_FAMILY = {"specs/densenet264d.yaml", "specs/vovnet/vovnet57a.yaml", "specs/hardnet/hardnet85.yaml"}
+
+
+@pytest.mark.parametrize(
+    "spec_path", [pytest.param(p, marks=pytest.mark.slow) if p in BIG_FAMILY else p for p in FAMILY]
+)
+def test_every_family_spec_emits_what_pytorch_computes(spec_path: str) -> None:
+    """Each shipped family spec at 64x64, emitted with the export passes, in onnxruntime against PyTorch (the
+    build's fp32 gate; the full-size builds are recorded in docs/family.md)."""
+    import dataclasses
+
+    from densegraph import build_graph, load_spec
+    from densegraph.passes import EXPORT_PASSES
+    from densegraph.testing import randomize_batchnorm
+
+    spec = dataclasses.replace(load_spec(REPO / spec_path), input_size=(64, 64))
+    module = randomize_batchnorm(to_torch(build_graph(spec), seed=0).eval(), seed=2, scale=(0.5, 1.5))
+    model, _ = onnx_from_graph(module.graph, module.state_dict(), passes=EXPORT_PASSES, opset=DEFAULT_OPSET)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    verify_outputs(check_onnx(model).SerializeToString(), [x], [torch_logits(module, x)], "fp32")

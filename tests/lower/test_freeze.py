@@ -40,6 +40,9 @@ BIG = {
     "specs/densenet264.yaml",
     "specs/cifar/densenet-bc-l190-k40.yaml",
     "specs/cifar/densenet-bc-l250-k24.yaml",
+    "specs/densenet264d.yaml",
+    "specs/vovnet/vovnet57a.yaml",
+    "specs/hardnet/hardnet85.yaml",
 }
 
 

@@ -207,3 +207,109 @@ def test_to_torch_accepts_spec_path_spec_and_graph() -> None:
     states = [m.state_dict() for m in modules]
     assert all(torch.equal(states[0][k], s[k]) for s in states[1:] for k in states[0])
     assert modules[0].input_shape == (1, 8, 8) and modules[0].num_classes == 10
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the rest of the family: post-activation, separable and harmonic layers, ReLU6, blur / dwconv / ceil-mode pools
+
+FAMILY_TINY = {
+    "harmonic-separable": """
+input: {channels: 3, size: 32}
+growth_rate: 6
+bottleneck: 0
+activation: relu6
+layer: {order: post, separable: true}
+connectivity: {kind: harmonic, multiplier: 1.7}
+stem: {convs: [{channels: 8, stride: 2}, {channels: 12, kernel: 1}], pool: dwconv}
+transition: {conv: none, pool: dwconv}
+blocks:
+  - {layers: 4, aggregate: 16}
+  - {layers: 8, growth_rate: 4, aggregate: {channels: 24, dropout: 0.1}}
+head: {classes: 7, norm: false, dropout: 0.1}
+""",
+    "chain-ceil-blur": """
+input: {channels: 3, size: 30}
+growth_rate: 5
+bottleneck: 2
+layer: {order: post, kernel: 5}
+connectivity: chain
+stem: {convs: [{channels: 8, stride: 2}], pool: [{kind: max, kernel: 3, stride: 1, padding: 1}, blur]}
+transition: {conv: pre, pool: [blur, {kind: max, kernel: 3, stride: 2, ceil_mode: true}]}
+blocks: [{layers: 3, aggregate: 12}, {layers: 2, widths: [3, 9]}]
+head: {classes: 4}
+""",
+}
+
+
+def _random_bn(module: torch.nn.Module) -> None:
+    generator = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t, low, high in (
+                (m.running_mean, -0.2, 0.2),
+                (m.running_var, 0.5, 1.5),
+                (m.weight, 0.5, 1.5),
+                (m.bias, -0.2, 0.2),
+            ):
+                t.data.copy_(torch.empty(t.shape).uniform_(low, high, generator=generator))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_TINY))
+def test_family_graphs_lower_freeze_and_train_alike(name: str) -> None:
+    from densegraph import spec_from_string
+    from densegraph.lower.torch import freeze
+
+    module = to_torch(spec_from_string(FAMILY_TINY[name]), seed=0)
+    _random_bn(module)
+    x = torch.randn(3, 3, *module.input_shape[1:], generator=torch.Generator().manual_seed(2))
+    module.eval()
+    with torch.no_grad():
+        reference = module(x)
+        for frozen in (freeze(module), freeze(module, for_export=True)):
+            torch.testing.assert_close(frozen(x), reference, rtol=1e-5, atol=1e-5)
+    # training: the memory-efficient execution gives the plain one's outputs and gradients
+    module.train()
+    grads = []
+    for memory_efficient in (False, True):
+        module.memory_efficient = memory_efficient
+        module.zero_grad()
+        torch.manual_seed(3)  # the same dropout masks
+        module(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in module.parameters()])
+    for plain, efficient in zip(*grads, strict=True):
+        torch.testing.assert_close(efficient, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_features_head_returns_named_maps_in_every_execution() -> None:
+    from densegraph import spec_from_string
+    from densegraph.lower.torch import freeze
+
+    text = FAMILY_TINY["chain-ceil-blur"].replace(
+        "head: {classes: 4}", "head: {kind: features, outputs: [block1, stage2]}"
+    )
+    module = to_torch(spec_from_string(text), seed=0)
+    _random_bn(module)
+    assert module.num_classes == 0
+    x = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(2))
+    module.eval()
+    with torch.no_grad():
+        reference = module(x)
+        assert {k: tuple(v.shape) for k, v in reference.items()} == {
+            "block1": (2, 12, 8, 8),
+            "stage2": (2, 18, 2, 2),
+        }
+        for run in (freeze(module), freeze(module), freeze(module, for_export=True)):
+            for _ in range(2):  # recorded, then replayed
+                got = run(x)
+                assert list(got) == ["block1", "stage2"]
+                for name in reference:
+                    torch.testing.assert_close(got[name], reference[name], rtol=1e-5, atol=1e-5)
+        first = freeze(module)
+        kept = first(x)["block1"].clone()
+        first(torch.randn(2, 3, 30, 30))  # a replay must not overwrite what an earlier call returned
+        torch.testing.assert_close(first(x)["block1"], kept)
+    module.train()
+    module.memory_efficient = True
+    out = module(x)
+    (out["block1"].sum() + out["stage2"].square().sum()).backward()
+    assert all(p.grad is not None for p in module.parameters())

@@ -181,3 +181,60 @@ def test_arbitrary_bytes_give_one_checkpoint_error(tmp_path: Path, content: byte
         assert str(path) in exc.format() and "\n" not in exc.format()
     else:  # a tiny valid pickle of an empty dict is a (useless) valid file
         assert result == {}
+
+
+# timm's own saves (tools/make_fixtures.py): deep stem, blur-pooled stem, a VoVNet, each with its spec in
+# tests/data; random weights and BatchNorm statistics, timm's eval-mode outputs on a [2, 3, 64, 64] input.
+TIMM = ["densenet-deep", "densenet-blur", "vovnet"]
+
+
+def _timm(name: str) -> tuple[str, Path, dict[str, torch.Tensor], dict]:  # type: ignore[type-arg]
+    import json
+
+    spec = str(Path(__file__).resolve().parents[1] / "data" / f"timm-tiny-{name}.yaml")
+    io = torch.load(FIXTURES / f"timm-tiny-{name}-io.pt", map_location="cpu", weights_only=True)
+    meta = json.loads((FIXTURES / f"timm-tiny-{name}.json").read_text())
+    return spec, FIXTURES / f"timm-tiny-{name}.pth", io, meta
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_files_load_strict_and_reproduce_timm_outputs(name: str) -> None:
+    from densegraph.lower.torch import freeze
+
+    spec, weights, io, meta = _timm(name)
+    module = to_torch(spec)
+    assert sum(p.numel() for p in module.parameters()) == meta["params"]
+    raw = torch.load(weights, map_location="cpu", weights_only=True)
+    assert set(raw) == set(module.state_dict())  # timm's key names, one for one
+    load_weights(module, weights)
+    module.eval()
+    scale = io["output"].abs().max().item()
+    with torch.no_grad():
+        for run in (module, freeze(module), freeze(module, for_export=True)):
+            torch.testing.assert_close(run(io["input"]), io["output"], rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_import_weights_accepts_timm_files(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, weights, io, _ = _timm(name)
+    out = tmp_path / "imported.pt"
+    assert main(["import-weights", str(weights), "--spec", spec, "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    module = load_weights(to_torch(spec), out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module(io["input"]), io["output"], rtol=1e-5, atol=1e-6 * io["output"].abs().max().item()
+        )
+
+
+def test_timm_vovnet_file_does_not_fit_a_torchvision_named_spec(tmp_path: Path) -> None:
+    # the same architecture without the spec's names: table is refused with the keys that differ
+    text = Path(_timm("vovnet")[0]).read_text().split("names:")[0]
+    spec = tmp_path / "unnamed.yaml"
+    spec.write_text(text)
+    with pytest.raises(
+        CheckpointError, match=r"missing: features\.conv0\.weight.*unexpected: stem\.0\.conv\.weight"
+    ):
+        load_weights(to_torch(spec), _timm("vovnet")[1])

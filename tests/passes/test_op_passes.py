@@ -32,6 +32,7 @@ from densegraph.passes import (
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SPEC = REPO / "tests" / "data" / "torchvision-tiny.yaml"
+FAMILY_SPEC = REPO / "tests" / "data" / "family-tiny.yaml"  # ReLU6, grouped convs, blur, ceil-mode pools
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -200,14 +201,77 @@ def test_fuse_conv_relu_marks_the_conv() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the family's ops: grouped convs, ReLU6, ceil-mode pools, blur pools
+
+
+def _depthwise(channels: int, kernel: int, generator: torch.Generator, stride: int = 1) -> dict:
+    conv = _conv(1, channels, kernel, generator, bias=False, padding=kernel // 2)
+    return {**conv, "in_channels": channels, "groups": channels, "stride": stride}
+
+
+def test_fold_bn_into_a_grouped_conv_is_exact() -> None:
+    generator = torch.Generator().manual_seed(11)
+    conv, bn = _depthwise(6, 3, generator, stride=2), _bn(6, generator, zero=True)
+    (folded,) = fold_bn([conv, bn]).ops
+    x = torch.randn(2, 6, 9, 9, generator=generator, dtype=torch.float64)
+    out = F.conv2d(x, conv["weight"], None, 2, 1, 1, 6)
+    expected = _bn_reference(out, bn)
+    got = F.conv2d(x, folded["weight"], folded["bias"], 2, 1, 1, folded["groups"])
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fold_preactivation_leaves_grouped_convs_and_relu6_alone() -> None:
+    """The clamp trick moves the BN scale into the conv's input channels: a grouped conv's weight has no
+    input-channel axis to take it, and ReLU6 is no one-sided clamp. Both stay as they are."""
+    generator = torch.Generator().manual_seed(12)
+    grouped = {**_depthwise(4, 1, generator), "padding": 0}
+    ops = [_bn(4, generator), {"op": "relu", "name": None}, grouped]
+    assert fold_preactivation(ops) == PassResult(ops, 0)
+    ops = [_bn(4, generator), {"op": "relu6", "name": None}, _conv(4, 3, 1, generator, bias=False)]
+    assert fold_preactivation(ops) == PassResult(ops, 0)
+
+
+def test_relu6_is_never_fused_as_a_relu() -> None:
+    generator = torch.Generator().manual_seed(13)
+    conv, relu6 = _conv(3, 4, 1, generator, bias=False), {"op": "relu6", "name": None, "in_channels": 4}
+    assert fuse_conv_relu([conv, relu6]) == PassResult([conv, relu6], 0)
+    result = fuse_bn_relu([_bn(4, generator), relu6])
+    assert [op["op"] for op in result.ops] == ["affine", "relu6"]
+
+
+def test_ceil_mode_pools_are_not_swapped_or_made_convs() -> None:
+    """A ceil-mode window hangs off the edge: it averages fewer pixels, which no fixed conv reproduces."""
+    generator = torch.Generator().manual_seed(14)
+    conv = _conv(6, 3, 1, generator, bias=True)
+    pool = {"op": "avgpool", "name": "p", "kernel": 2, "stride": 2, "padding": 0, "ceil_mode": True}
+    pool["in_channels"] = 6
+    assert swap_pool_conv([conv, pool]) == PassResult([conv, pool], 0)
+    assert avgpool_to_depthwise([pool]) == PassResult([pool], 0)
+    x = torch.randn(1, 6, 5, 5, generator=generator, dtype=torch.float64)
+    assert F.avg_pool2d(x, 2, 2, ceil_mode=True).shape[-1] == 3  # the case the guards are for
+
+
+def test_swap_pool_conv_moves_a_pool_before_a_depthwise_pointwise_conv_exactly() -> None:
+    generator = torch.Generator().manual_seed(15)
+    conv = {**_depthwise(6, 1, generator), "padding": 0, "bias": torch.randn(6, dtype=torch.float64)}
+    pool = {"op": "avgpool", "name": "p", "kernel": 2, "stride": 2, "padding": 0}
+    result = swap_pool_conv([conv, pool])
+    assert result.rewrites == 1
+    x = torch.randn(2, 6, 8, 8, generator=generator, dtype=torch.float64)
+    expected = F.avg_pool2d(F.conv2d(x, conv["weight"], conv["bias"], groups=6), 2)
+    got = F.conv2d(F.avg_pool2d(x, 2), conv["weight"], conv["bias"], groups=6)
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the graph-wide runner and the tensors it reads
 
 
-def _tiny() -> Any:
+def _tiny(spec: Path = TINY_SPEC) -> Any:
     from densegraph.lower.torch import to_torch
     from densegraph.testing import randomize_batchnorm
 
-    return randomize_batchnorm(to_torch(TINY_SPEC, seed=0).eval(), seed=3, scale=(-1.0, 1.5))
+    return randomize_batchnorm(to_torch(spec, seed=0).eval(), seed=3, scale=(-1.0, 1.5))
 
 
 def test_frozen_ops_reads_the_state_dict_and_leaves_it_alone() -> None:
@@ -242,12 +306,13 @@ def test_run_passes_counts_and_refuses_unknown_names() -> None:
     [(), EXPORT_PASSES, FP16_PASSES, INT8_CPU_PASSES, tuple(PASSES)],
     ids=["none", "export", "fp16", "int8-cpu", "all"],
 )
-def test_every_pass_set_emits_what_pytorch_computes(passes: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("spec", [TINY_SPEC, FAMILY_SPEC], ids=["torchvision-tiny", "family-tiny"])
+def test_every_pass_set_emits_what_pytorch_computes(passes: tuple[str, ...], spec: Path) -> None:
     """Each pass set, emitted to ONNX and run by onnxruntime, against the unrewritten eval module."""
     from densegraph.export.emit import onnx_from_graph
     from densegraph.export.onnx import check_onnx, ort_session, run_onnx
 
-    module = _tiny()
+    module = _tiny(spec)
     model, counts = onnx_from_graph(module.graph, module.state_dict(), passes=passes, opset=19)
     assert set(counts) == set(passes)
     session = ort_session(check_onnx(model).SerializeToString())
