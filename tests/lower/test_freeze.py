@@ -16,7 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from densegraph.graph import build_graph, layer_sources
-from densegraph.lower import torch as lowering
+from densegraph.lower import frozen as lowering
 from densegraph.lower.fused import mkldnn_conv_available
 from densegraph.lower.torch import (
     EXPORT_REWRITES,
