@@ -52,7 +52,8 @@ names come from templates by role, :mod:`.names`):
 
 The graph attributes (``g.graph``) hold ``name``, ``input_shape`` (C, H, W), ``output_shape`` (classes,; ``()``
 for a features head), ``outputs`` (a features head only: per output ``name``, ``node``, ``block``,
-``channels``, ``size`` [H, W], ``stride``), ``spec_path``, ``preprocess`` (a plain dict: ``resize`` (shorter
+``channels``, ``size`` [H, W], ``stride``), ``labels`` (a classifier whose spec names its classes:
+``head.labels``), ``spec_path``, ``preprocess`` (a plain dict: ``resize`` (shorter
 side, or ``None`` for a straight resize to the crop), ``crop`` ``[H, W]``, ``mean``, ``std``, ``channel_order``,
 ``scale``, ``interpolation`` — see :class:`~densegraph.spec.Preprocess`) and ``blocks`` (a list of per-block
 dicts: ``index``, ``layers``, ``growth_rate``, ``bottleneck``, ``connectivity``, ``window``, ``multiplier``,

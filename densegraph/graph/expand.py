@@ -183,6 +183,8 @@ class _Builder:
         else:
             self._head(tail)
             g.graph["output_shape"] = (spec.head.classes,)
+            if spec.head.labels:
+                g.graph["labels"] = list(spec.head.labels)
         return g
 
     def _stem(self) -> None:

@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 METADATA_PREPROCESS = "densegraph.preprocess"  # ONNX metadata_props key: the spec's preprocess as JSON
-METADATA_CLASSES = "densegraph.classes"  # ONNX metadata_props key: the class names as a JSON list
+METADATA_LABELS = "densegraph.labels"  # ONNX metadata_props key: the class names as a JSON list
+METADATA_CLASSES = "densegraph.classes"  # ONNX metadata_props key: the number of classes
 
 
 @dataclass(frozen=True)
@@ -201,13 +202,17 @@ def preprocess_from_metadata(
                 loc=where,
             )
     classes = None
-    if METADATA_CLASSES in metadata:
+    for key in (
+        METADATA_LABELS,
+        METADATA_CLASSES,
+    ):  # densegraph.classes held the names before it held the count
         try:
-            value = json.loads(metadata[METADATA_CLASSES])
+            value = json.loads(metadata[key]) if key in metadata else None
         except json.JSONDecodeError:
             value = None
         if isinstance(value, list) and all(isinstance(c, str) for c in value):
             classes = value
+            break
     return preprocess, classes
 
 

@@ -120,6 +120,8 @@ class TorchRunner(BaseRunner):
             path, overrides, self.classes = resolve_weights(self.graph, self.weights)
             preprocess.update(overrides)
             load_weights(module, path, model_name=self._spec_name)
+        if self.classes is None and self.graph.graph.get("labels"):
+            self.classes = list(self.graph.graph["labels"])  # the spec's head.labels
         module.eval()
         if self.frozen:
             module = freeze(module)

@@ -70,6 +70,7 @@ LIMITS = {
     "extends_depth": 32,
     "yaml_depth": 64,  # nesting of collections (and of merge keys) in one document
     "file_bytes": 1_000_000,  # a spec file, read with at most this many bytes + 1 (never to its end)
+    "labels_bytes": 16_000_000,  # a head.labels file (ImageNet-21k's names are 0.3 MB)
 }
 
 
@@ -200,6 +201,9 @@ class Head:
     kind: str = "classifier"
     outputs: tuple[str, ...] = ()
     output_locs: tuple[Loc, ...] = field(default=(), compare=False)
+    labels: tuple[
+        str, ...
+    ] = ()  # class names, one per class (``head.labels``: a list, or a file beside the spec)
 
 
 @dataclass(frozen=True)

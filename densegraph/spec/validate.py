@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._io import read_regular
 from ..errors import Loc, SpecError
 from .model import (
     ACTIVATIONS,
@@ -139,12 +141,17 @@ def _head(top: dict[str, _Val], blocks: int, file_loc: Loc) -> Head:
     output_locs: tuple[Loc, ...] = ()
     if "head" in top:
         head_map = _mapping(top["head"], "head")
-        _unknown_keys(head_map, ("kind", "classes", "norm", "dropout", "outputs"), "head")
+        _unknown_keys(head_map, ("kind", "classes", "norm", "dropout", "outputs", "labels"), "head")
         head_loc = top["head"].loc
         head_locs = {k: v.loc for k, v in head_map.items()}
         if "kind" in head_map:
             head_kind = _choice(head_map["kind"], "head.kind", HEAD_KINDS)
         if head_kind == "features":
+            if "labels" in head_map:
+                raise SpecError(
+                    "head.labels names a classifier's classes; a features head has none",
+                    loc=head_map["labels"].key_loc or head_map["labels"].loc,
+                )
             outputs, output_locs = _feature_outputs(head_map, top["head"], blocks)
             head_map = {}
             head_classes = 0
@@ -162,7 +169,56 @@ def _head(top: dict[str, _Val], blocks: int, file_loc: Loc) -> Head:
             head_dropout = _float(
                 head_map["dropout"], "head.dropout", 0.0, 1.0, low_open=False, high_open=True
             )
-    return Head(head_classes, head_loc, head_locs, head_norm, head_dropout, head_kind, outputs, output_locs)
+    labels = _labels(head_map["labels"], head_classes) if "labels" in head_map else ()
+    return Head(
+        head_classes, head_loc, head_locs, head_norm, head_dropout, head_kind, outputs, output_locs, labels
+    )
+
+
+def _labels(val: _Val, classes: int) -> tuple[str, ...]:
+    """``head.labels``: a list of class names, or a file beside the spec that names it (one name a line, or a
+    JSON list)."""
+    where = val.loc
+    if isinstance(val.value, str):
+        path = Path(where.file).parent / val.value
+        data = read_regular(
+            path,
+            limit=LIMITS["labels_bytes"],
+            what="labels file",
+            error=SpecError,
+            loc=where,
+            missing_hint=f"head.labels names {path}: a file relative to the spec's folder",
+        )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpecError(f"the labels file {val.value} is not UTF-8 text", loc=where) from None
+        if text.lstrip().startswith("["):
+            try:
+                names = json.loads(text)
+            except ValueError as exc:
+                raise SpecError(f"the labels file {val.value} is not a JSON list: {exc}", loc=where) from None
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+        what = f"the labels file {val.value}"
+    elif isinstance(val.value, list):
+        names = [item.value for item in val.value]
+        what = "head.labels"
+    else:
+        raise SpecError(
+            f"head.labels must be a list of class names or a file name, got {_type_name(val.value)}",
+            loc=where,
+            hint="labels: [cat, dog] or labels: classes.txt (one name a line, beside the spec)",
+        )
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise SpecError(f"{what} must hold non-empty class names (strings)", loc=where)
+    if len(names) != classes:
+        raise SpecError(
+            f"{what} names {len(names)} classes, the head has {classes}",
+            loc=where,
+            hint="one name per class, in class-index order",
+        )
+    return tuple(n.strip() for n in names)
 
 
 def _block_options(
