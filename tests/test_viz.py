@@ -1,13 +1,10 @@
-"""Published parameter and MAC counts through ``densegraph summary --json``, and ``densegraph graph`` outputs."""
+"""densegraph graph (densegraph.viz): node-link JSON, DOT, pictures, and the heat-map drawing."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import resource
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,174 +17,6 @@ from densegraph.errors import DensegraphError
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"
-
-# (spec, params, MACs at the spec's input size or None): torchvision's counts for the ImageNet models (MACs at
-# 224x224 counting convolutions and the classifier), the paper's Table 2 models on CIFAR-10 (10 classes).
-PUBLISHED = [
-    ("densenet121.yaml", 7_978_856, 2_834_161_664),
-    ("densenet161.yaml", 28_681_000, 7_727_907_072),
-    ("densenet169.yaml", 14_149_480, 3_359_843_328),
-    ("densenet201.yaml", 20_013_928, 4_291_365_888),
-    ("densenet264.yaml", 33_337_704, 5_751_653_376),
-    ("cifar/densenet-l40-k12.yaml", 1_019_722, None),
-    ("cifar/densenet-l100-k12.yaml", 6_979_642, None),
-    ("cifar/densenet-l100-k24.yaml", 27_249_082, None),
-    ("cifar/densenet-bc-l100-k12.yaml", 769_162, None),
-    ("cifar/densenet-bc-l250-k24.yaml", 15_324_406, None),
-    ("cifar/densenet-bc-l190-k40.yaml", 25_624_430, None),
-]
-
-
-# The densely connected family at 224x224 and 1000 classes: timm 1.0.31's parameter counts for its models, and
-# for HarDNet those of the authors' hardnet.py (github.com/PingoLH/Pytorch-HarDNet; the paper rounds them to
-# 17.6 / 36.7 / 4.2 / 3.5 M). MACs are densegraph's count (convolutions, blur filters and the classifier).
-FAMILY = [
-    ("densenet264d.yaml", 72_736_216, 13_470_266_880),
-    ("densenetblur121d.yaml", 7_998_088, 3_075_608_576),
-    ("vovnet/vovnet39a.yaml", 22_600_296, 7_072_227_328),
-    ("vovnet/vovnet57a.yaml", 36_640_296, 8_930_144_256),
-    ("hardnet/hardnet68.yaml", 17_565_348, 4_246_114_304),
-    ("hardnet/hardnet85.yaml", 36_670_212, 9_074_081_584),
-    ("hardnet/hardnet68ds.yaml", 4_180_602, 775_281_526),
-    ("hardnet/hardnet39ds.yaml", 3_488_228, 429_471_474),
-]
-
-
-@pytest.mark.parametrize(("spec", "params", "macs"), FAMILY, ids=[p[0] for p in FAMILY])
-def test_family_published_counts(
-    spec: str, params: int, macs: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = _summary(SPECS / spec, capsys)
-    assert data["params"] == params
-    assert data["macs"] == macs
-    assert data["input_shape"] == [1, 3, 224, 224]
-    assert data["output_shape"] == [1, 1000]
-
-
-def test_densenet121_macs_by_block_hand_checked_cio(capsys: pytest.CaptureFixture[str]) -> None:
-    # CIO (HarDNet's memory traffic): every conv reads its input and writes its output. Block 1 of densenet121
-    # at 56x56: layer i reads 64 + 32 (i - 1) channels into conv1 (128 out), conv2 reads 128 and writes 32.
-    data = _summary(SPECS / "densenet121.yaml", capsys)
-    block1 = next(row for row in data["stages"] if row["stage"] == "denseblock1")
-    pixels = 56 * 56
-    expected = sum((64 + 32 * (i - 1) + 128) * pixels + (128 + 32) * pixels for i in range(1, 7))
-    assert block1["cio_bytes"] == 4 * expected
-    assert data["cio_bytes"] == 4 * sum(row["cio_bytes"] // 4 for row in data["stages"])
-
-
-def _summary(spec: str | Path, capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
-    assert main(["summary", str(spec), "--json"]) == 0
-    out = capsys.readouterr().out
-    return json.loads(out)
-
-
-@pytest.mark.parametrize(("spec", "params", "macs"), PUBLISHED, ids=[p[0] for p in PUBLISHED])
-def test_published_counts(
-    spec: str, params: int, macs: int | None, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = _summary(SPECS / spec, capsys)
-    assert data["params"] == params
-    if macs is not None:
-        assert data["macs"] == macs
-        assert data["input_shape"] == [1, 3, 224, 224]
-        assert data["output_shape"] == [1, 1000]
-    else:
-        assert data["input_shape"] == [1, 3, 32, 32]
-        assert data["output_shape"] == [1, 10]
-    assert data["flops"] == 2 * data["macs"]
-
-
-def test_summary_json_keys_and_block_numbers(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _summary(SPECS / "densenet121.yaml", capsys)
-    for key in ("name", "params", "macs", "input_shape", "output_shape", "blocks"):
-        assert key in data, key
-    assert data["name"] == "densenet121"
-    blocks = [
-        (b["layers"], b["growth_rate"], b["edges"], b["in_channels"], b["out_channels"])
-        for b in data["blocks"]
-    ]
-    # in = 64, then half of each block's output; out = in + 32 * layers; edges = L(L+1)/2
-    assert blocks == [
-        (6, 32, 21, 64, 256),
-        (12, 32, 78, 128, 512),
-        (24, 32, 300, 256, 1024),
-        (16, 32, 136, 512, 1024),
-    ]
-    assert [b["size"] for b in data["blocks"]] == [[56, 56], [28, 28], [14, 14], [7, 7]]
-    assert data["dense_layers"] == 58
-    # one stem, four blocks, three transitions, a head; the stage rows add up to the totals
-    assert [row["stage"] for row in data["stages"]] == [
-        "stem",
-        "denseblock1",
-        "transition1",
-        "denseblock2",
-        "transition2",
-        "denseblock3",
-        "transition3",
-        "denseblock4",
-        "head",
-    ]
-    assert sum(row["params"] for row in data["stages"]) == data["params"]
-    assert sum(row["macs"] for row in data["stages"]) == data["macs"]
-
-
-def test_summary_json_per_node(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["summary", str(SPECS / "digits.yaml"), "--json", "--nodes"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert len(data["nodes"]) == 1 + 1 + 3 * 5 + 2 + 1  # input, stem, 3 blocks of 1 + 4, 2 transitions, head
-    assert sum(node["params"] for node in data["nodes"]) == data["params"]
-
-
-def test_summary_table_mentions_the_totals(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["summary", str(SPECS / "densenet121.yaml")]) == 0
-    out = capsys.readouterr().out
-    assert "7,978,856" in out and "2,834,161,664" in out and "denseblock4" in out
-
-
-# One interpreter runs validate, summary --json and graph .json on densenet264, timing each command in CPU
-# seconds (the interpreter's start-up is not ours to measure, and a busy machine would skew wall-clock time)
-# and listing every module it imported.
-_PROBE = """
-import io, json, sys, time, contextlib
-from densegraph.cli import main
-spec, out = sys.argv[1], sys.argv[2]
-times = {}
-for name, argv in (("validate", ["validate", "-q", spec]), ("summary", ["summary", spec, "--json"]),
-                   ("graph", ["graph", spec, "-o", out])):
-    start = time.process_time()
-    with contextlib.redirect_stdout(io.StringIO()):
-        status = main(argv)
-    times[name] = (status, time.process_time() - start)
-print(json.dumps({"times": times, "modules": sorted(sys.modules)}))
-"""
-
-
-def test_spec_stages_are_fast_and_import_no_backend(tmp_path: Path) -> None:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(SPECS / "densenet264.yaml"), str(tmp_path / "g.json")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    assert result.returncode == 0, result.stderr
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    assert cpu < 3.0, f"the whole process, imports included, took {cpu:.2f} s of CPU time"
-    probe = json.loads(result.stdout)
-    for command, (status, seconds) in probe["times"].items():
-        assert status == 0, command
-        assert seconds < 0.5, f"densegraph {command} densenet264 took {seconds:.2f} s"
-    roots = {name.split(".")[0] for name in probe["modules"]}
-    assert not roots & {"torch", "onnx", "onnxruntime", "tensorrt", "matplotlib"}, roots & {
-        "torch",
-        "onnx",
-        "onnxruntime",
-        "tensorrt",
-        "matplotlib",
-    }
-    assert json.loads((tmp_path / "g.json").read_text())["graph"]["name"] == "densenet264"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -396,20 +225,3 @@ def test_draw_heatmap_writes_reproducible_figures(tmp_path: Path) -> None:
         draw_heatmap(matrices, ["block 1", "block 2"], tmp_path / "d.gif")
     with pytest.raises(ValueError):
         draw_heatmap(matrices, ["only one title"], tmp_path / "e.png")
-
-
-@pytest.mark.parametrize(
-    ("spec", "fp32", "int8"),
-    [("densenet121.yaml", 1, 5), ("cifar/densenet-bc-l100-k12.yaml", 4, 18), ("digits.yaml", 227, 910)],
-)
-def test_batch_tile_fits_the_largest_concatenation_in_the_budget(spec: str, fp32: int, int8: int) -> None:
-    from densegraph.cost import TILE_BYTES, batch_tile
-
-    graph = build_graph(load_spec(SPECS / spec))
-    largest = max(data["concat_elements"] for _, data in graph.nodes(data=True))
-    assert (batch_tile(graph), batch_tile(graph, element_bytes=1)) == (fp32, int8)
-    for element_bytes, tile in ((4, fp32), (1, int8)):
-        # the most samples whose largest concatenation fits (one at least)
-        assert tile == 1 or tile * largest * element_bytes <= TILE_BYTES
-        assert (tile + 1) * largest * element_bytes > TILE_BYTES
-    assert batch_tile(graph, budget=1) == 1
