@@ -139,6 +139,7 @@ def _head(top: dict[str, _Val], blocks: int, file_loc: Loc) -> Head:
     head_kind = "classifier"
     outputs: tuple[str, ...] = ()
     output_locs: tuple[Loc, ...] = ()
+    labels: tuple[str, ...] = ()
     if "head" in top:
         head_map = _mapping(top["head"], "head")
         _unknown_keys(head_map, ("kind", "classes", "norm", "dropout", "outputs", "labels"), "head")
@@ -169,7 +170,8 @@ def _head(top: dict[str, _Val], blocks: int, file_loc: Loc) -> Head:
             head_dropout = _float(
                 head_map["dropout"], "head.dropout", 0.0, 1.0, low_open=False, high_open=True
             )
-    labels = _labels(head_map["labels"], head_classes) if "labels" in head_map else ()
+        if "labels" in head_map:
+            labels = _labels(head_map["labels"], head_classes)
     return Head(
         head_classes, head_loc, head_locs, head_norm, head_dropout, head_kind, outputs, output_locs, labels
     )
