@@ -4,7 +4,8 @@
 (:class:`OnnxRuntimeRunner`), a ``.engine`` / ``.plan`` / ``.trt`` file in TensorRT (:class:`TensorRTRunner`),
 anything else is a spec (a path, a :class:`~densegraph.spec.Spec` or a connection graph) lowered to PyTorch
 (:class:`TorchRunner`). ``eval``, ``predict``, ``bench`` and the build's parity gates run models through them.
-No framework is imported until a runner loads.
+No framework is imported until a runner loads, except that an ONNX model opened with ``device=None`` or
+``"cuda"`` imports onnxruntime when the runner is made, to choose its providers.
 
     with open_runner("build/digits/model.onnx") as runner:
         logits = runner.infer({"images": x})["logits"]
