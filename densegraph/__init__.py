@@ -30,6 +30,9 @@ __all__ = [
     "to_torch",
     "freeze",
     "build",
+    "train",
+    "evaluate",
+    "predict",
     "bench",
     "heatmap",
     "import_weights",
@@ -82,3 +85,27 @@ def import_weights(source: Any, **options: Any) -> Any:
     from .lower.weights import import_weights as _import_weights
 
     return _import_weights(source, **options)
+
+
+def train(spec: Any, data: Any, run_dir: Any, **options: Any) -> Any:
+    """Train a spec on ``digits``, an image folder or datasets into ``run_dir`` (see
+    :func:`densegraph.training.train`); returns the run's summary."""
+    from .training import train as _train
+
+    return _train(spec, data, run_dir, **options)
+
+
+def evaluate(model: Any, **options: Any) -> Any:
+    """Top-1/top-5 of a spec+weights, a ``model.onnx`` or an engine on real data (see
+    :func:`densegraph.evaluation.evaluate`); returns an ``EvalResult``."""
+    from .evaluation import evaluate as _evaluate
+
+    return _evaluate(model, **options)
+
+
+def predict(model: Any, images: Any, **options: Any) -> Any:
+    """The top classes of image files (see :func:`densegraph.prediction.predict`); returns one ``Prediction``
+    per image."""
+    from .prediction import predict as _predict
+
+    return _predict(model, images, **options)

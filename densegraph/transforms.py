@@ -5,7 +5,7 @@
 transform is torchvision's ``Resize(resize) -> CenterCrop(crop) -> ToTensor -> Normalize(mean, std)`` (with
 ``resize: null``, a straight resize to the crop); the training transform is torchvision's reference recipe
 ``RandomResizedCrop(crop) -> RandomHorizontalFlip`` for specs that resize, and the evaluation transform for the
-others (their augmentation, random shifts, runs on the batch in :mod:`densegraph.train`).
+others (their augmentation, random shifts, runs on the batch in :mod:`densegraph.training`).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def assert_untouched(out: Path, before: dict[str, bytes]) -> None:
 
 def test_build_writes_model_manifest_and_picture(good_build: Path) -> None:
     from densegraph import build_graph, load_spec
-    from densegraph.train import graph_sha256
+    from densegraph.training import graph_sha256
 
     graph = build_graph(load_spec(TINY_SPEC))
     assert sorted(p.name for p in good_build.iterdir()) == [
@@ -115,7 +115,7 @@ def test_build_writes_model_manifest_and_picture(good_build: Path) -> None:
 
 def test_built_model_is_named_after_the_graph_and_describes_itself(good_build: Path) -> None:
     from densegraph import build_graph, load_spec
-    from densegraph.train import graph_sha256
+    from densegraph.training import graph_sha256
 
     model = onnx.load(good_build / "model.onnx")
     names = [n.name for n in model.graph.node]
@@ -351,7 +351,7 @@ def test_fp16_build(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_int8_build_of_a_trained_model_keeps_top1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     pytest.importorskip("densegraph.export.quantize")
-    from densegraph.train import train
+    from densegraph.training import train
 
     train(DIGITS_SPEC, "digits", tmp_path / "run", epochs=6, log=lambda _: None)
     out = tmp_path / "int8"

@@ -87,3 +87,15 @@ def test_flags_are_not_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["build", "s.yaml", "--prec", "fp16"])
     assert "unrecognized arguments: --prec fp16" in capsys.readouterr().err
+
+
+def test_every_command_is_a_top_level_library_function() -> None:
+    import densegraph
+
+    for name in ("build", "train", "evaluate", "predict", "bench", "heatmap", "import_weights"):
+        assert callable(getattr(densegraph, name)), name
+    import densegraph.evaluation
+    import densegraph.prediction
+    import densegraph.training  # noqa: F401  (importing the modules must not shadow the functions)
+
+    assert all(callable(getattr(densegraph, n)) for n in ("train", "evaluate", "predict"))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from densegraph.data import load_data
 from densegraph.lower.torch import to_torch
-from densegraph.train import RANK_DIGEST_ENV, state_dict_sha256
+from densegraph.training import RANK_DIGEST_ENV, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = str(ROOT / "tests" / "data" / "tiny-digits.yaml")

@@ -1,4 +1,4 @@
-"""densegraph.evaluate: the same top-1 from a spec + weights, an ONNX model and an engine runner."""
+"""densegraph.evaluation: the same top-1 from a spec + weights, an ONNX model and an engine runner."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def test_spec_labels_reach_the_model_and_predict(tmp_path: Path) -> None:
 
     from PIL import Image
 
-    from densegraph.predict import predict
+    from densegraph.prediction import predict
 
     image = tmp_path / "img.png"
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(image)

@@ -11,7 +11,7 @@ import torch
 
 from densegraph.cli import main
 from densegraph.lower.torch import to_torch
-from densegraph.predict import predict
+from densegraph.prediction import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = str(ROOT / "tests" / "data" / "tiny-digits.yaml")

@@ -1,4 +1,4 @@
-"""densegraph.train: it learns, checkpoints are safe and atomic, resume is exact, bad input is one line."""
+"""densegraph.training: it learns, checkpoints are safe and atomic, resume is exact, bad input is one line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from densegraph.cli import main
 from densegraph.data import Dataset, load_data
 from densegraph.errors import CheckpointError, DensegraphError
 from densegraph.lower.torch import to_torch
-from densegraph.train import CHECKPOINT_FORMAT, METRICS_COLUMNS, train
+from densegraph.training import CHECKPOINT_FORMAT, METRICS_COLUMNS, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_SPEC = str(ROOT / "specs" / "digits.yaml")

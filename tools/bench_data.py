@@ -6,7 +6,7 @@ in a fresh process so that its peak RSS is its own:
 
 - ``memory``: the loader `eval` had before streaming — decode the whole split into one float32 array
   (``densegraph.data.load_data``), then score it in batches;
-- ``stream``: ``densegraph.evaluate.evaluate`` — the same decoding and transform per image in DataLoader
+- ``stream``: ``densegraph.evaluation.evaluate`` — the same decoding and transform per image in DataLoader
   workers, memory bounded by batch x workers.
 
 Both score every image (``--split all``) with the same model; the top-1 of the two must agree. Prints peak RSS
@@ -41,7 +41,7 @@ CHILD = r"""
 import json, os, resource, sys, time
 import numpy as np
 mode, spec, weights, folder, batch, workers = sys.argv[1:7]
-from densegraph.evaluate import evaluate, load_model, score
+from densegraph.evaluation import evaluate, load_model, score
 from densegraph.data import load_data
 tic = time.perf_counter()
 if mode == "memory":

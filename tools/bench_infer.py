@@ -34,7 +34,7 @@ memory (``--malloc tuned``, see :func:`tune_malloc`: otherwise eager PyTorch re-
 every call). Errors are the max |difference| of the logits from the eager plain fp32 output on the same input.
 
 ``--digits`` also scores int8 top-1 on scikit-learn's digits (``specs/digits.yaml``, trained here by
-``densegraph.train`` for ``--digits-epochs`` unless ``--digits-weights`` names a checkpoint), fp32 ONNX vs both
+``densegraph.training`` for ``--digits-epochs`` unless ``--digits-weights`` names a checkpoint), fp32 ONNX vs both
 int8 forms. ``--profile`` prints onnxruntime's per-op time of the ONNX contenders at the largest batch.
 The last line printed is JSON: times, errors, the three target ratios at the largest batch, the machine.
 """
@@ -322,7 +322,7 @@ def _digits(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     weights = args.digits_weights
     started = time.perf_counter()
     if weights is None:
-        from densegraph.train import train
+        from densegraph.training import train
 
         run = scratch / "digits-run"
         summary = train(spec, "digits", run, epochs=args.digits_epochs, log=lambda _: None)

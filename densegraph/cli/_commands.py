@@ -163,7 +163,7 @@ def _rich_progress() -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..train import train
+    from ..training import train
 
     train(
         args.spec,
@@ -188,7 +188,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
 
     result = evaluate(
         args.model,
@@ -210,7 +210,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..predict import predict
+    from ..prediction import predict
 
     results = predict(args.model, args.images, weights=args.weights, top=args.top, device=args.device)
     for result in results:

@@ -8,7 +8,7 @@ before anything in it runs. Accepted layouts:
 - torchvision's legacy names from its published ImageNet files (``denselayer1.norm.1.weight`` for
   ``denselayer1.norm1.weight``), renamed with torchvision's own rule;
 - a checkpoint dict holding the state_dict under ``state_dict``, ``model`` or ``model_state_dict`` (the
-  checkpoints :mod:`densegraph.train` writes have ``state_dict``);
+  checkpoints :mod:`densegraph.training` writes have ``state_dict``);
 - keys prefixed ``module.`` (DistributedDataParallel) or ``_orig_mod.`` (``torch.compile``).
 """
 

@@ -1,4 +1,4 @@
-"""The parts of :func:`densegraph.train.train`, one job per module:
+"""Training a spec on real data: :func:`train` (:mod:`.run`) and its parts, one job per module:
 
 - :mod:`.recipe`       the paper's recipe (SGD, the lr schedule, the default epochs) and the checks of its numbers
 - :mod:`.checkpoint`   the checkpoint's format and RNG states, and what a resumed run checks and restores
@@ -7,5 +7,27 @@
 - :mod:`.distributed`  the ``torchrun`` context, the all-reduce, the device, the state digest
 - :mod:`.loop`         one epoch: augmentation, precision, SGD steps, evaluation, the test figure
 
-:mod:`densegraph.train` puts them together; import the public names from there.
+:mod:`.run` puts them together; the public names are exported here.
 """
+
+from .run import (
+    AMP_MODES,
+    CHECKPOINT_FORMAT,
+    DEFAULT_EPOCHS,
+    METRICS_COLUMNS,
+    RANK_DIGEST_ENV,
+    graph_sha256,
+    state_dict_sha256,
+    train,
+)
+
+__all__ = [
+    "train",
+    "graph_sha256",
+    "state_dict_sha256",
+    "AMP_MODES",
+    "DEFAULT_EPOCHS",
+    "CHECKPOINT_FORMAT",
+    "METRICS_COLUMNS",
+    "RANK_DIGEST_ENV",
+]

@@ -199,7 +199,7 @@ def test_bad_calibration_data_is_a_user_error(tiny_cpu: Path, tmp_path: Path) ->
 def test_int8_keeps_digits_top1_within_a_point(tmp_path: Path) -> None:
     """A digits model trained by the project (3 epochs): both int8 forms within 1 point of fp32 top-1."""
     from densegraph.data import load_data
-    from densegraph.train import train
+    from densegraph.training import train
 
     torch.manual_seed(0)
     train(DIGITS_SPEC, "digits", tmp_path / "run", epochs=3, log=lambda _: None)

@@ -164,7 +164,7 @@ def test_a_pickle_that_would_run_code_is_called_so_and_never_runs(case: str, tmp
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of the tiny spec on 64 digits: a real RUN/last.pt to damage."""
     from densegraph.data import load_data
-    from densegraph.train import train
+    from densegraph.training import train
 
     digits = load_data("digits", (1, 8, 8), split="all")
     parts = (digits.subset(np.arange(0, 64)), digits.subset(np.arange(64, 96)))
@@ -231,7 +231,7 @@ def test_resume_refuses_a_damaged_checkpoint(case: str, tmp_path: Path, trained_
 
 def test_a_diverging_run_stops_before_writing_a_checkpoint(tmp_path: Path) -> None:
     from densegraph.errors import DensegraphError
-    from densegraph.train import train
+    from densegraph.training import train
 
     rng = np.random.default_rng(0)
     data = Dataset(rng.random((32, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, 32), source="arrays")
@@ -294,7 +294,7 @@ def test_a_number_no_flag_should_take_is_one_line(index: int, tmp_path: Path) ->
 
 def test_the_library_refuses_the_same_numbers(tmp_path: Path) -> None:
     from densegraph.errors import DensegraphError
-    from densegraph.train import train
+    from densegraph.training import train
 
     for kwargs, says in (
         ({"lr": float("inf")}, "--lr must be a positive finite number"),

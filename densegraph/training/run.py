@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Dataset, ImageFiles, data_loader
-from .errors import CheckpointError, DensegraphError, Loc
-from .graph import graph_of, graph_sha256
-from .lower.torch import to_torch
-from .lower.weights import save_atomic
-from .training.checkpoint import (
+from ..data import Dataset, ImageFiles, data_loader
+from ..errors import CheckpointError, DensegraphError, Loc
+from ..graph import graph_of, graph_sha256
+from ..lower.torch import to_torch
+from ..lower.weights import save_atomic
+from .checkpoint import (
     CHECKPOINT_FORMAT,
     METRICS_COLUMNS,
     checkpoint_of,
@@ -44,7 +44,7 @@ from .training.checkpoint import (
     restore,
     seed_all,
 )
-from .training.distributed import (
+from .distributed import (
     RANK_DIGEST_ENV,
     Dist,
     all_sum,
@@ -53,7 +53,7 @@ from .training.distributed import (
     state_dict_sha256,
     wrap_ddp,
 )
-from .training.loop import (
+from .loop import (
     AMP_MODES,
     NoProgress,
     Precision,
@@ -64,9 +64,9 @@ from .training.loop import (
     test_figure,
     train_epoch,
 )
-from .training.recipe import DEFAULT_EPOCHS, LR_DECAY, Recipe, check_recipe, lr_schedule, sgd
-from .training.run_folder import RunFolder, check_run_files, check_writable, write_metrics
-from .training.splits import check_labels, load_splits
+from .recipe import DEFAULT_EPOCHS, LR_DECAY, Recipe, check_recipe, lr_schedule, sgd
+from .run_folder import RunFolder, check_run_files, check_writable, write_metrics
+from .splits import check_labels, load_splits
 
 __all__ = [
     "train",

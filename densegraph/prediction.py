@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DensegraphError
-from .evaluate import open_model
+from .evaluation import open_model
 from .transforms import image_to_input
 
 __all__ = ["predict", "Prediction", "ClassScore"]
