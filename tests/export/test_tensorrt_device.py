@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fake_trtexec import write_fake_trtexec
-from trt_support import CpuDevice, build, install_fake, model
+from trt_support import NO_TORCH, CpuDevice, build, install_fake, model
 
 from densegraph.errors import BuildError, DensegraphError
 from densegraph.export.tensorrt import (
@@ -356,18 +356,8 @@ def test_printed_trtexec_commands_name_their_tensorrt(tmp_path: Path, no_tensorr
 
 
 def test_the_run_path_works_with_torch_unimportable(tmp_path: Path) -> None:
-    code = textwrap.dedent(
+    code = NO_TORCH + textwrap.dedent(
         f"""
-        import sys
-        from importlib.abc import MetaPathFinder
-
-        class NoTorch(MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked for this test")
-                return None
-
-        sys.meta_path.insert(0, NoTorch())
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
         import numpy as np

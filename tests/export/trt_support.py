@@ -16,6 +16,20 @@ from fake_tensorrt import make_fake_tensorrt, make_tiny_onnx  # noqa: E402
 
 FAKE_GPU = {"name": "Fake GPU", "compute_capability": "8.6"}
 
+# The first lines of a child interpreter in which `import torch` fails (the run path must not need it).
+NO_TORCH = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NoTorch(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked for this test")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+"""
+
 
 def install_fake(monkeypatch: pytest.MonkeyPatch, flavor: str, gpu: dict[str, Any] | None = None) -> Any:
     """A fake TensorRT of ``flavor`` and a fake cuda-python whose one GPU is ``gpu``; the fake cuda module is

@@ -36,7 +36,7 @@ from densegraph.runners import (
 REPO = Path(__file__).resolve().parents[2]
 SPEC = str(REPO / "tests" / "data" / "tiny-digits.yaml")
 sys.path.insert(0, str(REPO / "tests" / "export"))
-from trt_support import install_fake  # noqa: E402
+from trt_support import NO_TORCH, install_fake  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -192,18 +192,8 @@ def test_a_missing_model_fails_on_load_in_one_line(tmp_path: Path) -> None:
 def test_runners_import_no_framework_until_they_load(tmp_path: Path) -> None:
     """Making a runner of each kind imports neither torch nor onnxruntime nor tensorrt; the TensorRT runner
     stays torch-free while it loads and runs (numpy through the fake cuda-python)."""
-    code = textwrap.dedent(
+    code = NO_TORCH + textwrap.dedent(
         f"""
-        import sys
-        from importlib.abc import MetaPathFinder
-
-        class NoTorch(MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked for this test")
-                return None
-
-        sys.meta_path.insert(0, NoTorch())
         sys.path.insert(0, {str(REPO / "tests" / "export")!r})
         from pathlib import Path
         import numpy as np
