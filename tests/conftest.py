@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import matplotlib  # noqa: F401  # loaded, so builds draw graph.svg in-process (see builder/picture_stage.py)
 import pytest
 
 

@@ -3,6 +3,7 @@ model converted and checked against them (the fp32 check runs in :func:`.pipelin
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,16 +25,33 @@ if TYPE_CHECKING:
     import networkx as nx
     from torch import nn
 
-__all__ = ["PARITY_BATCHES", "torch_references", "fp16_model"]
+__all__ = ["PARITY_BATCHES", "torch_references", "start_torch_references", "fp16_model"]
 
 PARITY_BATCHES = (1, 3)  # batch 1 and a batch > 1 that is no power of two
 
 
 def torch_references(module: nn.Module, graph: nx.DiGraph, options: BuildOptions) -> tuple[list, list]:
     """The parity inputs and the unrewritten eval module's logits on them."""
+    inputs = parity_inputs(tuple(graph.graph["input_shape"]), PARITY_BATCHES)
+    return inputs, _module_outputs(module, inputs, options)
+
+
+def start_torch_references(
+    module: nn.Module, graph: nx.DiGraph, options: BuildOptions
+) -> tuple[list, Future[list]]:
+    """:func:`torch_references` with the outputs as a future, computed in a thread: PyTorch runs the reference
+    (one thread, the GIL released in its kernels) while onnxruntime loads and runs the model beside it."""
+    inputs = parity_inputs(tuple(graph.graph["input_shape"]), PARITY_BATCHES)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="densegraph-reference")
+    try:
+        return inputs, executor.submit(_module_outputs, module, inputs, options)
+    finally:
+        executor.shutdown(wait=False)
+
+
+def _module_outputs(module: nn.Module, inputs: list, options: BuildOptions) -> list:
     import torch
 
-    inputs = parity_inputs(tuple(graph.graph["input_shape"]), PARITY_BATCHES)
     # One thread: the reference is a correctness check of a few GMACs. On an idle 2-core machine a second
     # thread saves ~0.6 s on densenet169; on a shared one PyTorch's OpenMP threads spin-wait for each other:
     # 38-40 s wall (12 s CPU) at 2 threads against 5.6-8.5 s (1.4-1.9 s CPU) at 1, measured side by side at
@@ -54,7 +72,7 @@ def torch_references(module: nn.Module, graph: nx.DiGraph, options: BuildOptions
             "the PyTorch model's outputs are not finite (NaN or inf) on random inputs",
             hint="check the weights" if options.weights else None,
         )
-    return inputs, references
+    return references
 
 
 def fp16_model(

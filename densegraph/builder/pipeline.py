@@ -4,6 +4,7 @@ it into place (see :mod:`densegraph.builder`)."""
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from .engine_stage import build_engine_into, engine_options_from
 from .int8_stage import calibration_data, int8_model
 from .onnx_stage import batch_tile_for, emit, lower, tile_final_model
 from .options import BuildOptions, check_features, check_options, graph_passes
-from .parity_stage import PARITY_BATCHES, fp16_model, torch_references
+from .parity_stage import PARITY_BATCHES, fp16_model, start_torch_references
+from .picture_stage import Picture
 from .progress import Progress, Stages
 from .record import manifest_head, model_record
 from .result import GRAPH_NAME, MODEL_NAME, BuildResult
@@ -70,12 +72,13 @@ def build_model(
     engine_options = engine_options_from(options) if options.target == "tensorrt" else None
     out = Path(options.output) if options.output else Path("build") / loaded.name
     stages = Stages(progress)
-    with BuildOutput(out) as output:
+    with BuildOutput(out) as output, ExitStack() as drawing:
         stage = output.path
         with stages.stage("graph", loaded.name):
             graph = build_graph(loaded)
         check_features(graph, options)
         labels = read_labels(options.labels, int(graph.graph["output_shape"][0])) if options.labels else None
+        picture = drawing.enter_context(Picture(graph, stage / GRAPH_NAME))  # drawn beside the stages below
         if options.precision == "int8":
             with stages.stage("calib", f"{options.calib}, up to {options.calib_samples} samples"):
                 calib = calibration_data(options, graph)
@@ -89,8 +92,10 @@ def build_model(
         fp32_path = stage / (MODEL_NAME if options.precision == "fp32" else "model.fp32.onnx")
         model = emit(module, graph, options, passes, metadata, fp32_path, stages)
         with stages.stage("verify", f"onnxruntime vs PyTorch at batch {', '.join(map(str, PARITY_BATCHES))}"):
-            inputs, references = torch_references(module, graph, options)
-            manifest["parity"] = {"fp32": verify_outputs(fp32_path, inputs, references, "fp32")}
+            inputs, reference = start_torch_references(module, graph, options)
+            fp32 = verify_outputs(fp32_path, inputs, reference, "fp32", outputs=len(model.graph.output))
+            references = reference.result()
+            manifest["parity"] = {"fp32": fp32}
         if options.precision == "fp16":
             with stages.stage("fp16", "float16 weights and compute, float32 input and output"):
                 model, manifest["fp16"], manifest["parity"]["fp16"] = fp16_model(
@@ -112,9 +117,7 @@ def build_model(
         if fp32_path.name != MODEL_NAME:
             fp32_path.unlink()
         with stages.stage("picture", GRAPH_NAME):
-            from ..viz import write_graph
-
-            write_graph(graph, stage / GRAPH_NAME)
+            picture.finish()
         manifest.update(model_record(model, stage / MODEL_NAME))
         manifest["graph"] = {"file": GRAPH_NAME, "sha256": file_sha256(stage / GRAPH_NAME)}
         extra = ("onnxconverter-common",) if options.precision == "fp16" else ()

@@ -22,6 +22,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -279,24 +280,29 @@ def run_onnx(session: onnxruntime.InferenceSession, x: np.ndarray, *, batch_size
 def verify_outputs(
     model: str | os.PathLike[str] | bytes | OnnxRuntimeRunner,
     inputs: Sequence[np.ndarray],
-    references: Sequence[np.ndarray],
+    references: Sequence[np.ndarray] | Future[list[np.ndarray]],
     precision: str,
+    *,
+    outputs: int | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` (a path, bytes or an :class:`~densegraph.runners.OnnxRuntimeRunner`, loaded or not) in
     onnxruntime on the CPU on ``inputs`` and hold it to the ``precision``'s bar against ``references``
     (:func:`densegraph.parity.check_outputs`); raises :class:`BuildError` when it misses (fp32: abs error,
-    fp16: relative error)."""
+    fp16: relative error). ``references`` may be a future, waited for once onnxruntime has run; ``outputs``
+    is the model's output count when the caller knows it (else read from the model)."""
     from ..runners.onnxruntime import OnnxRuntimeRunner
 
     if isinstance(model, OnnxRuntimeRunner):  # the caller's runner: loaded here if need be, released by them
         got = [model.load()(x) for x in inputs]
-    elif _output_count(model) > 1:  # a features head: every named map, flattened in order (flat_outputs)
+    elif (outputs if outputs is not None else _output_count(model)) > 1:  # a features head: every named map
         session = ort_session(model)
         name = session.get_inputs()[0].name
         got = [np.asarray(flat_outputs(session.run(None, {name: x})), dtype=np.float32) for x in inputs]
     else:
         with OnnxRuntimeRunner(model) as runner:
             got = [runner(x) for x in inputs]
+    if isinstance(references, Future):
+        references = references.result()
     return check_outputs(got, references, precision, runtime=_runtime_name())
 
 
