@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import networkx as nx
     from torch import nn
 
-__all__ = ["PARITY_BATCHES", "torch_references", "start_torch_references", "fp16_model"]
+__all__ = ["PARITY_BATCHES", "torch_references", "start_torch_references", "fp32_parity", "fp16_model"]
 
 PARITY_BATCHES = (1, 3)  # batch 1 and a batch > 1 that is no power of two
 
@@ -47,6 +47,17 @@ def start_torch_references(
         return inputs, executor.submit(_module_outputs, module, inputs, options)
     finally:
         executor.shutdown(wait=False)
+
+
+def fp32_parity(
+    module: nn.Module, graph: nx.DiGraph, options: BuildOptions, path: Path, outputs: int
+) -> tuple[list, list, dict]:
+    """The fp32 gate: the model at ``path`` in onnxruntime against the module; returns the inputs, the
+    references (for the fp16/int8 gates) and the parity record."""
+    inputs, reference = start_torch_references(module, graph, options)
+    # onnxruntime on one thread too: the reference holds the other core meanwhile.
+    parity = verify_outputs(path, inputs, reference, "fp32", outputs=outputs, threads=1)
+    return inputs, reference.result(), parity
 
 
 def _module_outputs(module: nn.Module, inputs: list, options: BuildOptions) -> list:

@@ -12,7 +12,6 @@ from typing import Any
 from .._io import write_bytes_atomic
 from .._output import BuildOutput
 from ..describe import CARD_NAME, model_card, model_metadata, read_labels
-from ..export.onnx import verify_outputs
 from ..graph import build_graph
 from ..manifest import MANIFEST_NAME, file_sha256, tool_versions
 from ..spec import Spec, load_spec
@@ -20,7 +19,7 @@ from .engine_stage import build_engine_into, engine_options_from
 from .int8_stage import calibration_data, int8_model
 from .onnx_stage import batch_tile_for, emit, lower, tile_final_model
 from .options import BuildOptions, check_features, check_options, graph_passes
-from .parity_stage import PARITY_BATCHES, fp16_model, start_torch_references
+from .parity_stage import PARITY_BATCHES, fp16_model, fp32_parity
 from .picture_stage import Picture
 from .progress import Progress, Stages
 from .record import manifest_head, model_record
@@ -92,9 +91,7 @@ def build_model(
         fp32_path = stage / (MODEL_NAME if options.precision == "fp32" else "model.fp32.onnx")
         model = emit(module, graph, options, passes, metadata, fp32_path, stages)
         with stages.stage("verify", f"onnxruntime vs PyTorch at batch {', '.join(map(str, PARITY_BATCHES))}"):
-            inputs, reference = start_torch_references(module, graph, options)
-            fp32 = verify_outputs(fp32_path, inputs, reference, "fp32", outputs=len(model.graph.output))
-            references = reference.result()
+            inputs, references, fp32 = fp32_parity(module, graph, options, fp32_path, len(model.graph.output))
             manifest["parity"] = {"fp32": fp32}
         if options.precision == "fp16":
             with stages.stage("fp16", "float16 weights and compute, float32 input and output"):
