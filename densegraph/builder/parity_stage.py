@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._threads import torch_threads
 from ..errors import BuildError, ModelLoadError
 from ..export.onnx import (
     flat_outputs,
@@ -67,17 +68,12 @@ def _module_outputs(module: nn.Module, inputs: list, options: BuildOptions) -> l
     # thread saves ~0.6 s on densenet169; on a shared one PyTorch's OpenMP threads spin-wait for each other:
     # 38-40 s wall (12 s CPU) at 2 threads against 5.6-8.5 s (1.4-1.9 s CPU) at 1, measured side by side at
     # load 5-8 (docs/performance.md).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            references = []
-            for x in inputs:
-                out = module(torch.from_numpy(x))
-                outputs = list(out.values()) if isinstance(out, dict) else [out]  # a features head's maps
-                references.append(flat_outputs([o.numpy() for o in outputs]))
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(1), torch.inference_mode():
+        references = []
+        for x in inputs:
+            out = module(torch.from_numpy(x))
+            outputs = list(out.values()) if isinstance(out, dict) else [out]  # a features head's maps
+            references.append(flat_outputs([o.numpy() for o in outputs]))
     if not all(np.all(np.isfinite(r)) for r in references):
         raise BuildError(
             "the PyTorch model's outputs are not finite (NaN or inf) on random inputs",

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._threads import torch_threads
 from .avgpool_to_depthwise import avgpool_to_depthwise
 from .bn_to_depthwise import bn_to_depthwise
 from .fold_bn import fold_bn
@@ -92,6 +93,7 @@ class GraphPassResult:
         return [name for name, count in self.counts.items() if count]
 
 
+@torch_threads(1)
 def run_passes(node_ops: Mapping[str, list[Op]], passes: Iterable[str]) -> GraphPassResult:
     """Apply ``passes`` (names from :data:`PASSES`, run in that table's order) to every node's op list."""
     chosen = set(passes)
@@ -115,6 +117,7 @@ def run_passes(node_ops: Mapping[str, list[Op]], passes: Iterable[str]) -> Graph
 _TENSOR_KEYS = {"weight": "weight", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
+@torch_threads(1)
 def frozen_ops(graph: Any, state_dict: Mapping[str, Any]) -> dict[str, list[Op]]:
     """Each node's ops (dropout left out: identity in inference) with float64 copies of their tensors from
     ``state_dict`` (torchvision's keys: ``features.conv0.weight``, ``…norm1.running_var``) and their
