@@ -114,9 +114,12 @@ def read_labels(source: str | os.PathLike[str] | Sequence[str], classes: int) ->
 
 
 def node_table(graph: nx.DiGraph) -> dict[str, list[str]]:
-    """Name prefix -> [graph node, spec location]: each node's module path (or id), and every op name that does
-    not start with it (the head's ``features.norm5``, ``classifier``)."""
+    """Name prefix -> [graph node, spec location]: each node's module path (or id), every op name that does
+    not start with it (the head's ``features.norm5``, ``classifier``), and a features head's output names (the
+    ONNX outputs and engine bindings ``block3``, at their entry in ``head.outputs``)."""
     table: dict[str, list[str]] = {}
+    for o in graph.graph.get("outputs") or ():
+        table[o["name"]] = [o["node"], str(graph.nodes[o["node"]].get("loc", ""))]
     for node, data in graph.nodes(data=True):
         if data["kind"] == "input":
             continue
@@ -274,6 +277,12 @@ def _parity_lines(parity: Mapping[str, Any]) -> list[str]:
     for precision, result in parity.items():
         if not isinstance(result, dict):
             lines.append(f"- {precision}: {result}")
+        elif precision == "int8" and "outputs" in result:  # a backbone's feature maps, each to the bar
+            maps = ", ".join(f"`{name}` {o['sqnr_db']:.1f} dB" for name, o in result["outputs"].items())
+            lines.append(
+                f"- int8 vs the fp32 model on {result.get('data', 'the calibration data')}: feature map "
+                f"SQNR {maps} ({result['criterion']})."
+            )
         elif precision == "int8":
             line = (
                 f"- int8 vs the fp32 model on {result.get('data', 'the calibration data')}: logits SQNR "

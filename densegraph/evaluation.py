@@ -148,7 +148,7 @@ def evaluate(
         raise DataError(
             "a .npy file has no labels to score against", loc=Loc(source), hint="use digits or DIR"
         )
-    with open_model(model, weights=weights, device=device) as runner:
+    with open_model(model, weights=weights, device=device, lacks="classes to score") as runner:
         chosen = split or default_eval_split(source)
         dataset = image_dataset(source, runner.input_chw, split=chosen, preprocess=runner.preprocess)
         dataset = dataset.subset(limit_indices(len(dataset), limit))
@@ -215,9 +215,15 @@ class LoadedModel:
 
 
 def open_model(
-    model: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, device: str = "cpu"
+    model: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    lacks: str | None = None,
 ) -> BaseRunner:
-    """The runner (not loaded) for a spec (+ ``weights``, required), a ``.onnx`` or an engine."""
+    """The runner for a spec (+ ``weights``, required), a ``.onnx`` or an engine: not loaded, unless
+    ``lacks`` (what a backbone lacks for the caller: ``"classes to predict"``) asks for a classifier, which
+    is checked before any weights are read (a spec) or on load (a model file)."""
     from .runners import open_runner, runner_kind
 
     model = os.fspath(model)
@@ -226,7 +232,18 @@ def open_model(
             raise DensegraphError(
                 "--weights applies to a spec; an ONNX model or engine carries its weights", loc=Loc(model)
             )
-    elif weights is None:
+        runner = open_runner(model, weights=weights, device=device)
+        if lacks is not None:
+            runner.load()
+            try:
+                runner.check_classifier(lacks, loc=Loc(model))
+            except DensegraphError:
+                runner.release()
+                raise
+        return runner
+    if lacks is not None:
+        open_runner(model, device=device).check_classifier(lacks, loc=Loc(model))  # the graph alone
+    if weights is None:
         raise DensegraphError(
             "evaluating a spec needs --weights",
             loc=Loc(model),

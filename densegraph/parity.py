@@ -23,6 +23,8 @@ __all__ = [
     "logits_sqnr_db",
     "check_outputs",
     "check_int8",
+    "features_sqnr_db",
+    "check_int8_features",
 ]
 
 # The bars, by what is compared. Relative errors are to max |reference|; SQNR is over logits with each
@@ -32,6 +34,7 @@ TOLERANCES: dict[str, float] = {
     "fp16": 1e-2,  # max |candidate - reference| / max |reference|
     "int8_sqnr_db": 10.0,  # int8 logits against the fp32 model's, at least this many dB
     "int8_top1_drop": 0.05,  # with labels: int8 top-1 at most this far below fp32's
+    "int8_features_sqnr_db": 15.0,  # each of a backbone's int8 feature maps against fp32's, at least (no shift removed)
     "engine_fp32": 1e-3,  # a TensorRT fp32 engine against onnxruntime: |d| <= tol + tol * |ref| elementwise
 }
 
@@ -165,6 +168,65 @@ def check_int8(
         top1 = f", top-1 {result['top1_fp32']:.1%} -> {result['top1_int8']:.1%}" if labels is not None else ""
         raise BuildError(
             f"the int8 model is too far from fp32: logits SQNR {sqnr:.1f} dB{top1} "
+            f"(bar: {result['criterion']})",
+            hint="calibrate on more or more representative data (--calib-samples), or build fp16",
+        )
+    return result
+
+
+def features_sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of a feature map ``candidate`` against ``reference``, in dB.
+
+    Nothing is removed first: a backbone's maps feed a detector's convs, which a shift does change (unlike
+    softmax over logits). A silent reference (all zeros) is a user error, as for logits.
+    """
+    signal = reference.astype(np.float64)
+    power = float(np.sum(signal**2))
+    if not power > 0.0:
+        raise BuildError(
+            "the reference feature map is all zeros, so int8 cannot be measured against it",
+            hint="calibrate and score on real, varied inputs",
+        )
+    error = signal - candidate.astype(np.float64)
+    return 10 * float(np.log10(power / max(float(np.sum(error**2)), 1e-30)))
+
+
+def check_int8_features(
+    fp32: dict[str, np.ndarray], int8: dict[str, np.ndarray], *, runtime: str
+) -> dict[str, Any]:
+    """Hold each named int8 feature map to the fp32 model's on the same inputs (:func:`features_sqnr_db` at
+    least ``int8_features_sqnr_db``, every map); raises :class:`BuildError` naming the worst map that misses."""
+    bar = TOLERANCES["int8_features_sqnr_db"]
+    if list(fp32) != list(int8):
+        raise BuildError(f"the int8 model's outputs {list(int8)} are not the fp32 model's {list(fp32)}")
+    outputs: dict[str, dict[str, Any]] = {}
+    for name, ref in fp32.items():
+        got = int8[name]
+        if got.shape != ref.shape:
+            raise BuildError(f"int8 {name} has shape {list(got.shape)}, fp32 {list(ref.shape)}")
+        if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(got))):
+            which = "fp32" if not np.all(np.isfinite(ref)) else "int8"
+            raise BuildError(f"the {which} model's {name} is not finite (NaN or inf) on the scoring data")
+        sqnr = features_sqnr_db(ref, got)
+        scale = float(np.max(np.abs(ref)))
+        outputs[name] = {
+            "sqnr_db": round(sqnr, 1),
+            "max_rel_err": _round(float(np.max(np.abs(got.astype(np.float64) - ref))) / max(scale, 1e-12)),
+        }
+    worst = min(outputs, key=lambda n: outputs[n]["sqnr_db"])
+    result: dict[str, Any] = {
+        "precision": "int8",
+        "reference": "the fp32 ONNX model",
+        "runtime": runtime,
+        "criterion": f"SQNR of every feature map >= {bar:g} dB",
+        "samples": len(next(iter(fp32.values()))),
+        "sqnr_db": outputs[worst]["sqnr_db"],  # the worst map's
+        "outputs": outputs,
+        "passed": all(o["sqnr_db"] >= bar for o in outputs.values()),
+    }
+    if not result["passed"]:
+        raise BuildError(
+            f"the int8 model is too far from fp32: {worst} SQNR {outputs[worst]['sqnr_db']:.1f} dB "
             f"(bar: {result['criterion']})",
             hint="calibrate on more or more representative data (--calib-samples), or build fp16",
         )

@@ -71,7 +71,7 @@ def predict(
         raise DensegraphError("no images to classify", hint="densegraph predict MODEL IMAGE...")
     paths = [os.fspath(p) for p in images]
     results: list[Prediction] = []
-    with open_model(model, weights=weights, device=device) as runner:
+    with open_model(model, weights=weights, device=device, lacks="classes to predict") as runner:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             x = np.stack([image_to_input(p, runner.preprocess or {}, runner.input_chw[0]) for p in chunk])

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import load_data
 from ..errors import BuildError, Loc
-from ..export.onnx import check_onnx, save_onnx, set_metadata, stamp, verify_int8
+from ..export.onnx import check_onnx, save_onnx, set_metadata, stamp, verify_int8, verify_int8_features
 from ..runners.onnxruntime import OnnxRuntimeRunner
 from .options import BuildOptions
 
@@ -79,8 +79,12 @@ def int8_model(
         if labelled
         else calib
     )
-    fp32_logits, int8_logits = (_onnx_logits(p, scored.x) for p in (fp32_path, path))
-    parity = verify_int8(fp32_logits, int8_logits, scored.y if labelled else None)
+    _check_outputs_kept(fp32, model)
+    fp32_out, int8_out = (_onnx_outputs(p, scored.x) for p in (fp32_path, path))
+    if "densegraph.outputs" in metadata:  # a backbone: every named feature map to the bar, no classes
+        parity = verify_int8_features(fp32_out, int8_out)
+    else:
+        parity = verify_int8(fp32_out["logits"], int8_out["logits"], scored.y if labelled else None)
     parity["data"] = f"{options.calib} {'val split' if labelled else '(the calibration samples)'}"
     calibration: dict[str, Any] = {
         "source": str(options.calib),
@@ -90,10 +94,35 @@ def int8_model(
     return model, calibration, parity
 
 
-def _onnx_logits(path: Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The model's logits on ``x`` in onnxruntime (CPU), ``batch_size`` samples at a time."""
+def _onnx_outputs(path: Path, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The model's named outputs (logits, or a backbone's maps) on ``x`` in onnxruntime (CPU), ``batch_size``
+    samples at a time."""
     with OnnxRuntimeRunner(path) as runner:
-        return np.concatenate([runner(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        pieces = [runner.outputs(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+
+
+def _check_outputs_kept(fp32: Any, int8: Any) -> None:
+    """The int8 model gives what the fp32 one does: the same named float32 outputs, in order (a quantizer
+    that renamed or quantized a graph output would break every caller that reads them by name)."""
+    signature = [
+        (
+            o.name,
+            o.type.tensor_type.elem_type,
+            [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim],
+        )
+        for o in fp32.graph.output
+    ]
+    got = [
+        (
+            o.name,
+            o.type.tensor_type.elem_type,
+            [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim],
+        )
+        for o in int8.graph.output
+    ]
+    if got != signature:
+        raise RuntimeError(f"quantizing changed the model's outputs: {signature} -> {got} (a densegraph bug)")
 
 
 @contextmanager

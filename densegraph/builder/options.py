@@ -130,11 +130,6 @@ def check_features(graph: nx.DiGraph, options: BuildOptions) -> None:
     batch tiles are about one logits output."""
     if not graph.graph.get("outputs"):
         return
-    if options.precision == "int8":
-        raise BuildError(
-            "a features head (several outputs) builds in fp32 or fp16; int8's gate compares logits",
-            hint="build --precision fp32 (or fp16)",
-        )
     if options.labels:
         raise BuildError("--labels names a classifier's classes; this spec has a features head")
     if str(options.batch_tile) not in ("off", "auto"):

@@ -45,6 +45,9 @@ def _parity_line(precision: str, parity: dict[str, Any]) -> str:
         )
     if precision == "int8":
         int8 = parity["int8"]
+        if "outputs" in int8:  # a backbone: each feature map's SQNR
+            maps = ", ".join(f"{name} {o['sqnr_db']:.1f}" for name, o in int8["outputs"].items())
+            return line + f"; int8 feature map SQNR {maps} dB"
         line += f"; int8 logits SQNR {int8['sqnr_db']:.1f} dB, top-1 agreement {int8['top1_agreement']:.1%}"
         if "top1_int8" in int8:
             line += f" (top-1 fp32 {int8['top1_fp32']:.1%}, int8 {int8['top1_int8']:.1%})"

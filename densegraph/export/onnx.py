@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError
-from ..parity import TOLERANCES, check_int8, check_outputs, compare_outputs, parity_inputs
+from ..parity import (
+    TOLERANCES,
+    check_int8,
+    check_int8_features,
+    check_outputs,
+    compare_outputs,
+    parity_inputs,
+)
 from ..runners.onnxruntime import best_providers, import_onnxruntime
 
 if TYPE_CHECKING:
@@ -66,6 +73,7 @@ __all__ = [
     "compare_outputs",
     "verify_outputs",
     "verify_int8",
+    "verify_int8_features",
 ]
 
 INPUT_NAME = "images"
@@ -327,6 +335,11 @@ def _output_count(model: str | os.PathLike[str] | bytes) -> int:
 def verify_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
     """:func:`densegraph.parity.check_int8` of logits onnxruntime computed."""
     return check_int8(fp32, int8, labels, runtime=_runtime_name())
+
+
+def verify_int8_features(fp32: dict[str, np.ndarray], int8: dict[str, np.ndarray]) -> dict[str, Any]:
+    """:func:`densegraph.parity.check_int8_features` of feature maps onnxruntime computed."""
+    return check_int8_features(fp32, int8, runtime=_runtime_name())
 
 
 def _runtime_name() -> str:

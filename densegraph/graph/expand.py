@@ -155,6 +155,7 @@ class _Builder:
         )
         self._stem()
         wanted = self._feature_blocks()
+        output_locs = dict(zip(spec.head.outputs, spec.head.output_locs, strict=False))
         last = max(wanted.values(), default=len(spec.blocks))
         features: list[dict[str, Any]] = []
         tail, stage0, unit0 = ["stem"], 0, 0
@@ -163,7 +164,7 @@ class _Builder:
             if block.aggregate is not None:
                 tail = [self._aggregate(b, block, tail, stage0, unit0)]
             for name in (n for n, wb in wanted.items() if wb == b):
-                features.append(self._output(name, b, tail))
+                features.append(self._output(name, b, tail, output_locs.get(name)))
             unit0 += 1
             if b < last:
                 trans = block.transition
@@ -246,10 +247,11 @@ class _Builder:
             wanted[name] = index
         return wanted
 
-    def _output(self, name: str, b: int, maps: list[str]) -> dict[str, Any]:
-        """A features head's output node: the concatenation of ``maps``, block ``b``'s output."""
+    def _output(self, name: str, b: int, maps: list[str], loc: Loc | None) -> dict[str, Any]:
+        """A features head's output node: the concatenation of ``maps``, block ``b``'s output; ``loc`` its
+        entry in ``head.outputs``."""
         node = f"output.{name}"
-        loc = self.spec.head.loc or self.spec.loc_of("head")
+        loc = loc or self.spec.head.loc or self.spec.loc_of("head")
         data = self.add(node, "output", "", maps, [], loc, block=b)
         h0 = self.spec.input_size[0]
         h, w = data["out_size"]

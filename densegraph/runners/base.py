@@ -4,8 +4,10 @@ A runner is made cheaply (nothing heavy is imported or allocated), :meth:`BaseRu
 (a PyTorch module, an onnxruntime session, a TensorRT engine), :meth:`BaseRunner.infer` maps a feed of named
 numpy arrays to the named outputs, and :meth:`BaseRunner.release` frees what ``load`` made; ``with runner:``
 does both. Every densegraph model takes one image batch ``images [batch, C, H, W]`` and gives ``logits
-[batch, classes]``, so a runner also offers ``runner(x) -> logits`` for a batch of any size, the model's own
-preprocessing and class names (from the spec and weights, or the ONNX metadata), and a timed call for bench.
+[batch, classes]`` (a classifier) or named feature maps ``[batch, C, H, W]`` (a backbone: a features head,
+:attr:`BaseRunner.feature_names`), so a runner also offers ``runner(x) -> logits`` (a classifier's) and
+``runner.outputs(x)`` (every named output) for a batch of any size, the model's own preprocessing and class
+names (from the spec and weights, or the ONNX metadata), and a timed call for bench.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class BaseRunner(abc.ABC):
         self.is_loaded = False
         self.preprocess: dict[str, Any] | None = None  # the model's input transform, set by load()
         self.classes: list[str] | None = None  # the model's class names where it carries them
+        self.feature_names: list[str] = []  # a backbone's named feature maps (empty: a classifier's logits)
 
     # ---------------------------------------------------------------------------------------------------
     # the interface
@@ -156,8 +159,27 @@ class BaseRunner(abc.ABC):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Float32 logits ``[n, classes]`` for an image batch ``[n, C, H, W]`` of any size."""
+        self.check_classifier()
         feed = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
         return np.asarray(self.infer(feed)[self.output_name], dtype=np.float32)
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every named output as float32 for an image batch ``[n, C, H, W]`` (a backbone's feature maps, or
+        a classifier's logits), in :attr:`output_names` order."""
+        feed = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
+        got = self.infer(feed)
+        return {name: np.asarray(got[name], dtype=np.float32) for name in self.output_names}
+
+    def check_classifier(self, lacks: str = "logits", *, loc: Loc | None = None) -> None:
+        """Refuse a backbone where a classifier is needed: one :class:`DensegraphError` naming its feature
+        maps and what it ``lacks``."""
+        if self.feature_names:
+            raise DensegraphError(
+                f"{'the model' if loc else self.name} is a backbone (a features head): it outputs the feature "
+                f"maps {', '.join(self.feature_names)} and has no {lacks}",
+                loc=loc,
+                hint="densegraph bench times it; runner.outputs(x) gives the maps by name",
+            )
 
     def timed_call(self, batch: int, *, seed: int = 0) -> Callable[[], Any]:
         """One inference on a fixed random batch of ``batch`` images already in place, for timing."""

@@ -1,7 +1,8 @@
 """An ONNX model in onnxruntime, behind the runner interface.
 
 On load the model is checked to be what densegraph feeds and reads: one float image input ``[batch, C, H, W]``
-(fixed C, H, W) and float logits ``[batch, classes]``; anything else, and any failure inside onnxruntime, is
+(fixed C, H, W) and float logits ``[batch, classes]``, or a backbone's float feature maps ``[batch, C, H, W]``
+(every output rank 4: :attr:`~.base.BaseRunner.feature_names`); anything else, and any failure inside onnxruntime, is
 one :class:`~densegraph.errors.DensegraphError` naming the model. onnxruntime is imported on load.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,11 @@ def providers_for(device: str | None, *, fastest: bool = False) -> list[str]:
             "--device cuda: onnxruntime has no CUDA provider", hint="pip install 'densegraph[gpu]'"
         )
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _rank(shape: Any) -> int | None:
+    """The rank onnxruntime reports for a value (None: unknown)."""
+    return len(shape) if isinstance(shape, list) else None
 
 
 def _ort_reason(exc: Exception) -> str:
@@ -169,14 +175,20 @@ class OnnxRuntimeRunner(BaseRunner):
                 f"input {inp.name!r} has shape {shape}; densegraph feeds {_EXPECTS} with fixed C, H, W",
                 loc=where,
             )
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        self._inputs = {inp.name: TensorMeta(inp.name, (self.fixed_batch, *shape[1:]), np.dtype(dtype))}
+        if all(o.type in _LOGIT_TYPES and _rank(o.shape) == 4 for o in outputs):
+            # a backbone (a features head): every output a named map [batch, C, H, W]
+            self._outputs = [o.name for o in outputs]
+            self.feature_names = list(self._outputs)
+            return
         out = next((o for o in outputs if o.name == "logits"), outputs[0])
         if out.type not in _LOGIT_TYPES or (isinstance(out.shape, list) and len(out.shape) != 2):
             raise DensegraphError(
-                f"output {out.name!r} is {out.type} {list(out.shape)}; expected float logits [batch, classes]",
+                f"output {out.name!r} is {out.type} {list(out.shape)}; expected float logits [batch, classes] "
+                "(or a backbone's feature maps [batch, C, H, W])",
                 loc=where,
             )
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-        self._inputs = {inp.name: TensorMeta(inp.name, (self.fixed_batch, *shape[1:]), np.dtype(dtype))}
         self._outputs = [out.name, *(o.name for o in outputs if o.name != out.name)]
 
     def _release(self) -> None:
@@ -208,17 +220,28 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Float32 logits for ``x`` ``[n, C, H, W]``, in chunks of the model's batch where it is fixed."""
+        self.check_classifier()
+        return self._chunked(x, lambda chunk: {"": self._logits(chunk)})[""]
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every named output for ``x`` ``[n, C, H, W]``, in chunks of the model's batch where it is fixed."""
+        return self._chunked(x, super().outputs)
+
+    def _chunked(
+        self, x: np.ndarray, run: Callable[[np.ndarray], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
         fixed = self.fixed_batch
         if fixed is None:
-            return self._logits(x)
-        pieces = []
+            return run(x)
+        pieces: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(x), fixed):
             chunk = x[start : start + fixed]
             n = len(chunk)
             if n < fixed:
                 chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-            pieces.append(self._logits(chunk)[:n])
-        return np.concatenate(pieces)
+            for name, value in run(chunk).items():
+                pieces.setdefault(name, []).append(value[:n])
+        return {name: np.concatenate(p) for name, p in pieces.items()}
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         logits = super().__call__(x)

@@ -59,6 +59,8 @@ class TensorRTRunner(BaseRunner):
             engine.close()  # the engine is not handed out: free it now
             raise
         self.engine = engine
+        if all(len(t.shape) == 4 for t in engine.outputs):  # a backbone: named maps [batch, C, H, W]
+            self.feature_names = list(engine.output_names)
 
     def _release(self) -> None:
         engine, self.engine = self.engine, None
@@ -90,7 +92,14 @@ class TensorRTRunner(BaseRunner):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Float32 logits for ``x`` ``[n, C, H, W]``: the engine runner splits and pads to its profile."""
         self._check_loaded("__call__")
+        self.check_classifier()
         return np.asarray(self.engine(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name for ``x`` ``[n, C, H, W]`` (a backbone's maps), split and padded as logits."""
+        self._check_loaded("outputs")
+        got = self._infer({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return {name: np.asarray(got[name], dtype=np.float32) for name in self.output_names}
 
     def timed_call(self, batch: int, *, seed: int = 0) -> Callable[[], Any]:
         """Inside the profile's batch range the input is staged on the device once (engine time, no copies);

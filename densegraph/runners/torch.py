@@ -86,6 +86,7 @@ class TorchRunner(BaseRunner):
         else:
             self._spec_name = spec.path if isinstance(spec, Spec) else os.fspath(spec)
         super().__init__(self._spec_name)
+        self.feature_names = [o["name"] for o in self.graph.graph.get("outputs") or ()]
 
     @property
     def name(self) -> str:
@@ -142,7 +143,7 @@ class TorchRunner(BaseRunner):
 
     @property
     def output_names(self) -> list[str]:
-        return [OUTPUT_NAME]
+        return list(self.feature_names) or [OUTPUT_NAME]
 
     def _infer(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
         import torch
@@ -150,8 +151,10 @@ class TorchRunner(BaseRunner):
         x = np.ascontiguousarray(feed[INPUT_NAME], dtype=np.float32)
         with torch.inference_mode():
             batch = torch.from_numpy(x).to(self.device, non_blocking=True)
-            logits = self.module(batch).float().cpu().numpy()
-        return {OUTPUT_NAME: logits}
+            out = self.module(batch)
+        if isinstance(out, dict):  # a features head: the named maps
+            return {name: value.float().cpu().numpy() for name, value in out.items()}
+        return {OUTPUT_NAME: out.float().cpu().numpy()}
 
     def timed_call(self, batch: int, *, seed: int = 0) -> Callable[[], Any]:
         """One forward pass on a random batch already on the device (synchronized on CUDA)."""

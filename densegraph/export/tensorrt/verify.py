@@ -4,7 +4,9 @@ The reference is always a model onnxruntime's CPU provider runs: the ONNX itself
 with graph optimizations off, the Q/DQ arithmetic as written), and for an fp16-typed ONNX its fp32 twin (same fp16-rounded weights, fp32 types and casts), because the CPU
 provider lacks fp16 kernels for many operators. Bars (:data:`densegraph.parity.TOLERANCES`): fp32
 elementwise ``tol + tol |ref|``; fp16 ``tol * max |ref|``; int8 the logits SQNR bar of the ONNX int8 path —
-top-1 agreement on random inputs says little on an untrained net, whose logits are nearly tied.
+top-1 agreement on random inputs says little on an untrained net, whose logits are nearly tied. A backbone's
+engine is held to the reference on every named feature map, each to the same bars (int8: the feature-map
+SQNR bar of the ONNX int8 build).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BuildError, DensegraphError, ModelLoadError
-from ...parity import TOLERANCES, logits_sqnr_db
+from ...parity import TOLERANCES, features_sqnr_db, logits_sqnr_db
 from ...timing import time_batches
 from .options import PRECISIONS
 
@@ -27,6 +29,10 @@ _CRITERIA = {
     "fp32": "|trt - ort| <= {t:g} + {t:g} * |ort| elementwise".format(t=TOLERANCES["engine_fp32"]),
     "fp16": "max |trt - ort fp32| <= {t:g} * max |ort fp32|".format(t=TOLERANCES["fp16"]),
     "int8": f"logits SQNR >= {TOLERANCES['int8_sqnr_db']:g} dB",
+}
+_FEATURE_CRITERIA = {  # a backbone: the same bars per named feature map; int8 as the ONNX int8 build's gate
+    **_CRITERIA,
+    "int8": f"feature map SQNR >= {TOLERANCES['int8_features_sqnr_db']:g} dB",
 }
 
 
@@ -107,37 +113,87 @@ def verify_engine(
     precision: str,
     inputs: Iterable[np.ndarray],
 ) -> dict[str, Any]:
-    """Compare the engine (``runner``: numpy batch -> logits) with the reference on ``inputs``; a dict for
-    the sidecar with ``passed`` and a one-line ``summary``."""
+    """Compare the engine (``runner``: numpy batch -> logits, or a dict of named outputs) with the reference
+    on ``inputs``, every output the ONNX names; a dict for the sidecar with ``passed`` and a one-line
+    ``summary`` (a backbone's also ``outputs``: the same figures per named feature map)."""
     if precision not in PRECISIONS:
         raise DensegraphError(f"unknown precision {precision!r}")
     reference_runner, reference = _reference_runner(Path(onnx_path), precision)
-    refs, gots, batches = [], [], []
+    refs: dict[str, list[np.ndarray]] = {}
+    gots: dict[str, list[np.ndarray]] = {}
+    batches = []
     with reference_runner:
+        names = reference_runner.output_names
+        features = bool(reference_runner.feature_names)
         for x in inputs:
             x = np.ascontiguousarray(x, dtype=np.float32)
-            ref = reference_runner(x)
-            got = runner(x)
-            got = np.asarray(next(iter(got.values())) if isinstance(got, dict) else got, dtype=np.float32)
-            if got.shape != ref.shape:
-                raise BuildError(f"engine output shape {got.shape} != onnxruntime {ref.shape}")
-            refs.append(ref)
-            gots.append(got)
+            ref = reference_runner.outputs(x)
+            got = _named(runner(x), names if features else names[:1])
+            for name in ref if features else names[:1]:
+                if got[name].shape != ref[name].shape:
+                    raise BuildError(
+                        f"engine output {name} has shape {got[name].shape}, onnxruntime {ref[name].shape}"
+                    )
+                refs.setdefault(name, []).append(ref[name])
+                gots.setdefault(name, []).append(got[name])
             batches.append(len(x))
-    return _judge(precision, refs, gots, batches, reference)
+    if not features:
+        (name,) = refs
+        return _judge(precision, refs[name], gots[name], batches, reference)
+    per_map = {
+        name: _judge(precision, refs[name], gots[name], batches, reference, features=True) for name in refs
+    }
+    worst = min(per_map, key=lambda n: _margin(per_map[n]))
+    result = dict(per_map[worst])
+    result["summary"] = f"{result['summary']} (worst of {len(per_map)} outputs: {worst})"
+    result["passed"] = all(r["passed"] for r in per_map.values())
+    result["outputs"] = {
+        name: {k: v for k, v in r.items() if k != "reference"} for name, r in per_map.items()
+    }
+    return result
+
+
+def _named(got: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The engine's outputs by name (a single output may come back as the bare array)."""
+    if isinstance(got, dict):
+        missing = [n for n in names if n not in got]
+        if missing:
+            raise BuildError(f"the engine has no output {', '.join(missing)} (it has {', '.join(got)})")
+        return {n: np.asarray(got[n], dtype=np.float32) for n in names}
+    if len(names) != 1:
+        raise BuildError(f"the engine gives one output, the ONNX names {len(names)}: {', '.join(names)}")
+    return {names[0]: np.asarray(got, dtype=np.float32)}
+
+
+def _margin(result: dict[str, Any]) -> float:
+    """How far a result is inside its bar (negative: outside), to name the worst of several outputs."""
+    if result["precision"] == "int8":
+        return float(result["sqnr_db"]) - TOLERANCES["int8_features_sqnr_db"]
+    return (0.0 if result["passed"] else -1.0) - float(result["max_rel_err"])
 
 
 def _judge(
-    precision: str, refs: list[np.ndarray], gots: list[np.ndarray], batches: list[int], reference: str
+    precision: str,
+    refs: list[np.ndarray],
+    gots: list[np.ndarray],
+    batches: list[int],
+    reference: str,
+    *,
+    features: bool = False,
 ) -> dict[str, Any]:
+    """The figures of one output against the bars; ``features``: a feature map (int8 by its own SQNR, no
+    shift removed, and no top-1)."""
     ref, got = np.concatenate(refs), np.concatenate(gots)
     error = np.abs(got.astype(np.float64) - ref)
     max_abs, scale = float(error.max()), float(np.abs(ref).max())
     max_rel = max_abs / max(scale, 1e-12)
-    agreement = float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1)))
+    agreement = None if features else float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1)))
     finite = bool(np.all(np.isfinite(got)))
     sqnr: float | None = None
-    if precision == "int8" or float(np.ptp(ref, axis=1).max(initial=0.0)) > 0:
+    if features:
+        if precision == "int8" or float(np.abs(ref).max(initial=0.0)) > 0:
+            sqnr = features_sqnr_db(ref, got)
+    elif precision == "int8" or float(np.ptp(ref, axis=1).max(initial=0.0)) > 0:
         sqnr = logits_sqnr_db(ref, got)  # int8: a silent reference is a user error (BuildError)
     if precision == "fp32":
         tol = TOLERANCES["engine_fp32"]
@@ -145,12 +201,14 @@ def _judge(
     elif precision == "fp16":
         passed = finite and max_abs <= TOLERANCES["fp16"] * max(scale, 1e-12)
     else:
-        passed = finite and sqnr is not None and sqnr >= TOLERANCES["int8_sqnr_db"]
-    criterion = _CRITERIA[precision]
+        bar = TOLERANCES["int8_features_sqnr_db" if features else "int8_sqnr_db"]
+        passed = finite and sqnr is not None and sqnr >= bar
+    criterion = _FEATURE_CRITERIA[precision] if features else _CRITERIA[precision]
     sqnr_text = f"SQNR {sqnr:.1f} dB, " if sqnr is not None else ""
+    agree_text = f"top-1 agreement {agreement:.1%} " if agreement is not None else ""
     summary = (
         f"{'pass' if passed else 'FAIL'} ({criterion}): max abs err {max_abs:.3g}, max rel err {max_rel:.3g}, "
-        f"{sqnr_text}top-1 agreement {agreement:.1%} over {len(ref)} samples"
+        f"{sqnr_text}{agree_text}over {len(ref)} samples"
     )
     return {
         "reference": reference,
