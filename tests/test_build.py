@@ -29,6 +29,8 @@ DIGITS_SPEC = str(REPO / "specs" / "digits.yaml")
 FIXTURES = REPO / "tests" / "fixtures"
 WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet.pth")
 LEGACY_WEIGHTS = str(FIXTURES / "torchvision-tiny-densenet-legacy-keys.pth")
+FEATURES_SPEC = str(REPO / "tests" / "data" / "torchvision-tiny-features.yaml")
+FEATURE_MAPS = {"block1": [32, 16, 16], "block2": [40, 8, 8], "block3": [36, 4, 4]}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -174,6 +176,52 @@ def test_locate_maps_onnx_and_tensorrt_names_to_spec_lines(
     assert capsys.readouterr().out.startswith(graph.nodes["transition1"]["loc"])
     assert main(["locate", str(good_build / "graph.svg"), "classifier"]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+def test_locate_maps_a_backbones_output_names_to_their_head_outputs_entry(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A features head's output names (the ONNX outputs, the engine's bindings, the int8 model's Q/DQ around
+    them) go to the output node and that name's place in ``head.outputs``; its layers to their own lines."""
+    import re
+
+    spec_text = Path(FEATURES_SPEC).read_text().splitlines()
+    (line,) = [i for i, text in enumerate(spec_text, start=1) if "outputs:" in text]
+
+    def entry(name: str) -> str:  # where the name stands in the spec text, found without densegraph
+        col = re.search(rf"\b{name}\b", spec_text[line - 1])
+        assert col is not None
+        return f"{FEATURES_SPEC}:{line}:{col.start() + 1}"
+
+    np.save(
+        tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((8, 3, 64, 64), dtype=np.float32)
+    )
+    out = tmp_path / "int8"
+    code, _, err = build(
+        capsys, FEATURES_SPEC, "--precision", "int8", "--calib", str(tmp_path / "calib.npy"), "-o", str(out)
+    )
+    assert code == 0, err
+    model = onnx.load(out / "model.onnx")
+    names = {n.name for n in model.graph.node} | {v for n in model.graph.node for v in n.output}
+    for name in FEATURE_MAPS:
+        around = sorted(n for n in names if re.fullmatch(rf"{name}(_\w+)?", n))
+        assert name in around and len(around) >= 3  # the output, and the Q/DQ the int8 model puts on it
+        for where in (str(out / "model.onnx"), str(out), FEATURES_SPEC):
+            for layer in around:
+                assert main(["locate", where, layer]) == 0
+                assert capsys.readouterr().out == f"{entry(name)}: output.{name} ({name})\n", layer
+    from densegraph import build_graph, load_spec
+
+    graph = build_graph(load_spec(FEATURES_SPEC))
+    fused = "block2 + features.transition2.conv"  # a TensorRT fusion of the map and the layer reading it
+    assert main(["locate", str(out), fused, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"name": "block2", "node": "output.block2", "loc": entry("block2")},
+        {"name": "features.transition2", "node": "transition2", "loc": graph.nodes["transition2"]["loc"]},
+    ]
+    assert main(["locate", str(out), "features.denseblock3.denselayer2.conv1_QuantizeLinear"]) == 0
+    layer = graph.nodes["block3.layer2"]["loc"]
+    assert capsys.readouterr().out == f"{layer}: block3.layer2 (features.denseblock3.denselayer2)\n"
 
 
 def test_python_api_builds_reports_progress_and_prints_nothing(
@@ -739,13 +787,89 @@ def test_features_backbone_builds_a_named_multi_output_onnx(
     assert shapes == {"stage2": ["batch", 32, 8, 8], "stage4": ["batch", 64, 2, 2]}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["parity"]["fp32"]["passed"]
-    # fp16 gates every output; int8's gate compares logits: refused with one clear line, nothing written
+    # fp16 gates every output
     code, out, err = build(capsys, str(spec), "-o", str(tmp_path / "out16"), "--precision", "fp16")
     assert code == 0, err
     manifest = json.loads((tmp_path / "out16" / "manifest.json").read_text())
     assert manifest["parity"]["fp16"]["passed"]
     assert [o["name"] for o in manifest["outputs"]] == ["stage2", "stage4"]
-    code, out, err = build(
-        capsys, str(spec), "-o", str(tmp_path / "out8"), "--precision", "int8", "--calib", str(tmp_path)
+    code, out, err = build(capsys, str(spec), "-o", str(tmp_path / "out8"), "--labels", str(spec))
+    assert code == 2 and "--labels names a classifier's classes" in err and not (tmp_path / "out8").exists()
+
+
+@pytest.mark.parametrize("target", ["onnx", "tensorrt"])
+def test_int8_backbone_keeps_every_named_map_close_to_pytorch(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, target: str, no_tensorrt: None
+) -> None:
+    """int8 of a features head, both forms (onnxruntime's cpu form; TensorRT's symmetric Q/DQ, its engine
+    left to the device): the outputs are still the named float32 maps, each gated and each close to the fp32
+    PyTorch module's on images it was not calibrated on."""
+    from densegraph.lower.torch import to_torch
+    from densegraph.testing import randomize_batchnorm
+
+    module = randomize_batchnorm(to_torch(FEATURES_SPEC, seed=1).eval(), seed=1)
+    torch.save(module.state_dict(), tmp_path / "w.pt")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.standard_normal((32, 3, 64, 64), dtype=np.float32))
+    out = tmp_path / "int8"
+    argv = [
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--precision",
+        "int8",
+        "--calib",
+        str(tmp_path / "calib.npy"),
+    ]
+    code, stdout, err = build(capsys, FEATURES_SPEC, *argv, "--target", target, "-o", str(out))
+    if target == "onnx":
+        assert code == 0 and err == "", err
+        assert "int8 feature map SQNR block1 " in stdout
+    else:  # no TensorRT here: the ONNX and build_engine.sh are kept for the device
+        assert code == 2 and "no TensorRT engine built" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["form"] == ("cpu" if target == "onnx" else "qdq")
+    int8 = manifest["parity"]["int8"]
+    assert int8["passed"] and int8["criterion"] == "SQNR of every feature map >= 15 dB"
+    assert set(int8["outputs"]) == set(FEATURE_MAPS) and "top1_agreement" not in int8
+    assert int8["sqnr_db"] == min(o["sqnr_db"] for o in int8["outputs"].values())
+    assert manifest["outputs"] == [
+        {"name": n, "shape": ["batch", *shape], "dtype": "float32"} for n, shape in FEATURE_MAPS.items()
+    ]
+    assert "feature map SQNR `block1`" in (out / "MODEL.md").read_text()
+    model = onnx.load(out / "model.onnx")
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    props = {p.key: p.value for p in model.metadata_props}
+    assert [o["name"] for o in json.loads(props["densegraph.outputs"])] == list(FEATURE_MAPS)
+    ops = manifest["model"]["ops"]
+    assert ops["QuantizeLinear"] > 0 and ("QLinearConv" not in ops)  # Q/DQ, onnxruntime fuses on load
+
+    # independent reference: the fp32 PyTorch module on fresh images; each int8 map within the bar of it
+    x = rng.standard_normal((8, 3, 64, 64), dtype=np.float32)
+    with torch.inference_mode():
+        reference = {k: v.numpy() for k, v in module(torch.from_numpy(x)).items()}
+    session = ort_session(out / "model.onnx")
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": x}), strict=True))
+    assert list(got) == list(FEATURE_MAPS)
+    for name, ref in reference.items():
+        noise = float(np.sum((got[name].astype(np.float64) - ref) ** 2))
+        sqnr = 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
+        assert sqnr >= 15, (name, sqnr)
+
+
+def test_int8_backbone_below_the_bar_names_the_worst_map(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from densegraph import parity
+
+    monkeypatch.setitem(parity.TOLERANCES, "int8_features_sqnr_db", 1000.0)
+    np.save(
+        tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((8, 3, 64, 64), dtype=np.float32)
     )
-    assert code == 2 and "int8's gate compares logits" in err and not (tmp_path / "out8").exists()
+    out = tmp_path / "int8"
+    code, _, err = build(
+        capsys, FEATURES_SPEC, "--precision", "int8", "--calib", str(tmp_path / "calib.npy"), "-o", str(out)
+    )
+    assert code == 2 and err.count("\n") == 1 and not out.exists()
+    assert (
+        "the int8 model is too far from fp32: block" in err and "SQNR of every feature map >= 1000 dB" in err
+    )

@@ -10,8 +10,10 @@ from densegraph.export import onnx as onnx_export
 from densegraph.parity import (
     TOLERANCES,
     check_int8,
+    check_int8_features,
     check_outputs,
     compare_outputs,
+    features_sqnr_db,
     logits_sqnr_db,
     parity_inputs,
 )
@@ -71,3 +73,36 @@ def test_fp16_bar_is_relative() -> None:
     with pytest.raises(BuildError):
         check_outputs(got, ref, "fp32", runtime="onnxruntime")
     assert compare_outputs(got[0], ref[0])["max_rel_err"] == pytest.approx(0.005)
+
+
+def test_feature_map_sqnr_keeps_the_shift_that_logits_drop() -> None:
+    ref = np.arange(1.0, 25.0, dtype=np.float32).reshape(1, 2, 3, 4)
+    shifted = ref + 1.0  # a constant error: invisible to softmax, not to a detector's convs
+    assert features_sqnr_db(ref, shifted) == pytest.approx(10 * np.log10(np.sum(ref**2) / ref.size))
+    assert logits_sqnr_db(ref.reshape(1, -1), shifted.reshape(1, -1)) > 200  # logits: no error at all
+    with pytest.raises(BuildError, match="all zeros"):
+        features_sqnr_db(np.zeros_like(ref), ref)
+
+
+def test_int8_features_gate_holds_every_map_and_names_the_worst() -> None:
+    rng = np.random.default_rng(0)
+    fp32 = {"block2": rng.standard_normal((4, 8, 4, 4)), "block3": rng.standard_normal((4, 16, 2, 2))}
+    bar = TOLERANCES["int8_features_sqnr_db"]
+
+    def at(db: dict[str, float]) -> dict[str, np.ndarray]:  # noise of exactly that SQNR per map
+        out = {}
+        for name, ref in fp32.items():
+            noise = rng.standard_normal(ref.shape)
+            noise *= np.sqrt(np.sum(ref**2) / np.sum(noise**2) / 10 ** (db[name] / 10))
+            out[name] = ref + noise
+        return out
+
+    result = check_int8_features(fp32, at({"block2": bar + 10, "block3": bar + 1}), runtime="test")
+    assert result["passed"] and result["sqnr_db"] == pytest.approx(bar + 1, abs=0.05)
+    assert result["outputs"]["block2"]["sqnr_db"] == pytest.approx(bar + 10, abs=0.05)
+    with pytest.raises(BuildError, match=rf"block3 SQNR {bar - 1:.1f} dB"):
+        check_int8_features(fp32, at({"block2": bar + 10, "block3": bar - 1}), runtime="test")
+    with pytest.raises(BuildError, match="outputs \\['block3', 'block2'\\] are not"):
+        check_int8_features(fp32, {"block3": fp32["block3"], "block2": fp32["block2"]}, runtime="test")
+    with pytest.raises(BuildError, match="int8 model's block2 is not finite"):
+        check_int8_features(fp32, {**fp32, "block2": fp32["block2"] * np.nan}, runtime="test")

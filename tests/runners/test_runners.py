@@ -236,3 +236,92 @@ def test_bench_rows_from_each_runner(models: dict[str, Path], engine: tuple[Path
         r["staged"] for r in rows
     ]  # the engine's profile is 1..8 here: both inputs staged on the device
     assert staged == [True, True]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a backbone (a features head): named maps from every runner; bench times it; predict and eval refuse it
+
+FEATURES_SPEC = str(REPO / "tests" / "data" / "torchvision-tiny-features.yaml")
+MAPS = {"block1": (32, 16, 16), "block2": (40, 8, 8), "block3": (36, 4, 4)}
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from densegraph.testing import randomize_batchnorm
+
+    folder = tmp_path_factory.mktemp("backbone")
+    module = randomize_batchnorm(densegraph.to_torch(FEATURES_SPEC, seed=2).eval(), seed=2)
+    torch.save(module.state_dict(), folder / "w.pt")
+    built = densegraph.build(FEATURES_SPEC, output=str(folder / "build"), weights=str(folder / "w.pt"))
+    return {"weights": folder / "w.pt", "onnx": built.model}
+
+
+def test_every_runner_gives_a_backbones_named_maps(
+    backbone: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from densegraph.export.tensorrt import EngineOptions, engine_from_onnx
+
+    install_fake(monkeypatch, "11")
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(backbone["onnx"].read_bytes())
+    engine_from_onnx(onnx, tmp_path / "model.engine", EngineOptions(precision="fp32", batch=(1, 2, 4)))
+    x = parity_inputs((3, 64, 64), (5,), seed=4)[0]  # larger than the engine's profile: split in two
+    runners = [
+        TorchRunner(FEATURES_SPEC, weights=backbone["weights"]),
+        TorchRunner(FEATURES_SPEC, weights=backbone["weights"], frozen=True),
+        OnnxRuntimeRunner(backbone["onnx"]),
+        TensorRTRunner(tmp_path / "model.engine"),
+    ]
+    got = []
+    for runner in runners:
+        with runner:
+            assert runner.feature_names == runner.output_names == list(MAPS)
+            maps = runner.outputs(x)
+            assert {n: v.shape[1:] for n, v in maps.items()} == MAPS and all(
+                len(v) == 5 for v in maps.values()
+            )
+            assert runner.infer({"images": x}).keys() == maps.keys()
+            with pytest.raises(DensegraphError) as info:
+                runner(x)  # logits
+            assert "is a backbone (a features head): it outputs the feature maps block1, block2, block3" in (
+                info.value.format()
+            )
+            rows = runner.bench([1, 2], iters=2, warmup=1)
+            assert [r["batch"] for r in rows] == [1, 2] and all(r["latency_ms_p50"] > 0 for r in rows)
+        got.append(maps)
+    reference, frozen, ort, trt = got
+    bar, engine_bar = TOLERANCES["fp32"], TOLERANCES["engine_fp32"]
+    for name in MAPS:
+        assert float(np.abs(reference[name]).max()) > 0.1
+        assert np.max(np.abs(frozen[name] - reference[name])) <= bar
+        assert np.max(np.abs(ort[name] - reference[name])) <= bar
+        assert np.all(np.abs(trt[name] - ort[name]) <= engine_bar + engine_bar * np.abs(ort[name]))
+
+
+def test_bench_times_a_backbone_and_predict_and_eval_refuse_it(
+    backbone: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from PIL import Image
+
+    from densegraph.cli import main
+
+    for model in (str(backbone["onnx"]), FEATURES_SPEC):
+        assert main(["bench", model, "--batch-sizes", "1,2", "--iters", "2", "--warmup", "1", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert [r["batch"] for r in report["results"]] == [1, 2]
+        assert all(r["latency_ms_p50"] > 0 for r in report["results"])
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    for argv, verb in (
+        (["predict", str(backbone["onnx"]), str(image)], "classes to predict"),
+        (["predict", FEATURES_SPEC, str(image), "--weights", str(backbone["weights"])], "classes to predict"),
+        (["predict", FEATURES_SPEC, str(image)], "classes to predict"),  # before asking for weights
+        (["eval", str(backbone["onnx"]), "--data", "digits"], "classes to score"),
+    ):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, err
+        assert err.startswith(f"{argv[1]}: error: the model is a backbone (a features head)")
+        assert f"block1, block2, block3 and has no {verb}" in err and "densegraph bench times it" in err
