@@ -126,8 +126,8 @@ def graph_passes(options: BuildOptions) -> list[str]:
 
 
 def check_features(graph: nx.DiGraph, options: BuildOptions) -> None:
-    """A features head (a backbone, several named outputs) builds in fp32 and fp16; int8's gate, labels and
-    batch tiles are about one logits output."""
+    """A features head (a backbone, several named outputs) builds in every precision, each map gated; labels
+    and batch tiles are about one logits output."""
     if not graph.graph.get("outputs"):
         return
     if options.labels:

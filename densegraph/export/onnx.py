@@ -310,21 +310,28 @@ def verify_outputs(
     from ..runners.onnxruntime import OnnxRuntimeRunner
 
     if isinstance(model, OnnxRuntimeRunner):  # the caller's runner: loaded here if need be, released by them
-        got = [model.load()(x) for x in inputs]
+        got = _run_every_output(model.load(), inputs)
     elif (outputs if outputs is not None else _output_count(model)) > 1:  # a features head: every named map
         session = ort_session(model, threads=threads)
         name = session.get_inputs()[0].name
         got = [np.asarray(flat_outputs(session.run(None, {name: x})), dtype=np.float32) for x in inputs]
     else:
         with OnnxRuntimeRunner(model, threads=threads) as runner:
-            got = [runner(x) for x in inputs]
+            got = _run_every_output(runner, inputs)
     if isinstance(references, Future):
         references = references.result()
     return check_outputs(got, references, precision, runtime=_runtime_name())
 
 
+def _run_every_output(runner: OnnxRuntimeRunner, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The logits, or a backbone's named maps flattened in order (:func:`flat_outputs`), per input batch."""
+    if runner.feature_names:
+        return [flat_outputs(list(runner.outputs(x).values())) for x in inputs]
+    return [runner(x) for x in inputs]
+
+
 def _output_count(model: str | os.PathLike[str] | bytes) -> int:
-    """How many outputs a serialized model has (the runners take one logits output; a backbone has several)."""
+    """How many outputs a serialized model has (several: a backbone's maps, read in one session here)."""
     import onnx
 
     if isinstance(model, bytes):

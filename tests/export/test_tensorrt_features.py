@@ -156,6 +156,17 @@ def test_dla_int8_engine_of_a_backbone_verifies_every_map(
     assert [o[0] for o in plan["outputs"]] == list(MAPS)
     with EngineRunner(result["engine_path"]) as runner:
         assert runner.output_names == list(MAPS)
+    # build_engine.sh gives trtexec the same float graph: the maps keep their names and shapes there too
+    import onnx
+
+    from densegraph.export.tensorrt import write_build_script
+
+    write_build_script(int8.parent, int8.name, "model.engine", EngineOptions(precision="int8", dla_core=0))
+    float_graph = onnx.load(int8.parent / "model.noqdq.onnx").graph
+    assert not [n for n in float_graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert {
+        o.name: [d.dim_value for d in o.type.tensor_type.shape.dim][1:] for o in float_graph.output
+    } == MAPS
 
 
 # ---------------------------------------------------------------------------------------------------------
