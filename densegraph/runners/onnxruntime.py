@@ -2,7 +2,7 @@
 
 On load the model is checked to be what densegraph feeds and reads: one float image input ``[batch, C, H, W]``
 (fixed C, H, W) and float logits ``[batch, classes]``, or a backbone's float feature maps ``[batch, C, H, W]``
-(every output rank 4: :attr:`~.base.BaseRunner.feature_names`); anything else, and any failure inside onnxruntime, is
+(every output rank 4, none named ``logits``: :attr:`~.base.BaseRunner.feature_names`); anything else, and any failure inside onnxruntime, is
 one :class:`~densegraph.errors.DensegraphError` naming the model. onnxruntime is imported on load.
 """
 
@@ -177,8 +177,9 @@ class OnnxRuntimeRunner(BaseRunner):
             )
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self._inputs = {inp.name: TensorMeta(inp.name, (self.fixed_batch, *shape[1:]), np.dtype(dtype))}
-        if all(o.type in _LOGIT_TYPES and _rank(o.shape) == 4 for o in outputs):
-            # a backbone (a features head): every output a named map [batch, C, H, W]
+        if all(o.type in _LOGIT_TYPES and _rank(o.shape) == 4 and o.name != "logits" for o in outputs):
+            # a backbone (a features head): every output a named map [batch, C, H, W] (maps named "logits"
+            # are a classifier gone wrong, refused below)
             self._outputs = [o.name for o in outputs]
             self.feature_names = list(self._outputs)
             return
