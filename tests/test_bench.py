@@ -80,6 +80,7 @@ def test_engine_through_the_tensorrt_runner(
         device = "cuda:0"
         precision = "fp16"
         input_chw = (3, 64, 64)
+        outputs: list[Any] = []  # EngineRunner's output tensors: bench reads none here
 
         def __init__(self, path: Path, **options: Any) -> None:
             seen["path"] = Path(path)

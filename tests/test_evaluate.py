@@ -113,8 +113,9 @@ def test_eval_engine_through_engine_runner(
 
     opened: list[str] = []
 
-    class FakeRunner:  # EngineRunner's interface: input_chw, and numpy batches in -> numpy logits out
+    class FakeRunner:  # EngineRunner's interface: input_chw, outputs, and numpy batches in -> numpy logits out
         input_chw = (1, 8, 8)
+        outputs: list[Any] = []  # the output tensors (none is a backbone's map)
 
         def __init__(self, path: str, **options: Any) -> None:
             opened.append(str(path))

@@ -59,7 +59,9 @@ class TensorRTRunner(BaseRunner):
             engine.close()  # the engine is not handed out: free it now
             raise
         self.engine = engine
-        if all(len(t.shape) == 4 and t.name != "logits" for t in engine.outputs):  # a backbone's named maps
+        if engine.outputs and all(
+            len(t.shape) == 4 and t.name != "logits" for t in engine.outputs
+        ):  # a backbone's named maps
             self.feature_names = list(engine.output_names)
 
     def _release(self) -> None:
