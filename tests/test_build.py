@@ -797,6 +797,26 @@ def test_features_backbone_builds_a_named_multi_output_onnx(
     assert code == 2 and "--labels names a classifier's classes" in err and not (tmp_path / "out8").exists()
 
 
+def test_a_backbone_with_one_output_builds_in_every_precision(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One named map is still a backbone's output, not logits: each precision's gate runs it by name."""
+    spec = tmp_path / "one.yaml"
+    relative = os.path.relpath(REPO / "tests" / "data" / "torchvision-tiny.yaml", tmp_path)
+    spec.write_text(f"extends: {relative}\nname: one\nhead: {{kind: features, outputs: [block2]}}\n")
+    np.save(
+        tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((8, 3, 64, 64), dtype=np.float32)
+    )
+    for precision, extra in (("fp32", []), ("fp16", []), ("int8", ["--calib", str(tmp_path / "calib.npy")])):
+        out = tmp_path / precision
+        code, stdout, err = build(capsys, str(spec), "--precision", precision, *extra, "-o", str(out))
+        assert code == 0, err
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["outputs"] == [{"name": "block2", "shape": ["batch", 40, 8, 8], "dtype": "float32"}]
+        assert manifest["parity"][precision]["passed"]
+    assert list(manifest["parity"]["int8"]["outputs"]) == ["block2"]
+
+
 @pytest.mark.parametrize("target", ["onnx", "tensorrt"])
 def test_int8_backbone_keeps_every_named_map_close_to_pytorch(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, target: str, no_tensorrt: None

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import onnxruntime
     import torch
 
+    from ..runners.base import BaseRunner
     from ..runners.onnxruntime import OnnxRuntimeRunner
 
 __all__ = [
@@ -323,7 +324,7 @@ def verify_outputs(
     return check_outputs(got, references, precision, runtime=_runtime_name())
 
 
-def _run_every_output(runner: OnnxRuntimeRunner, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _run_every_output(runner: BaseRunner, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The logits, or a backbone's named maps flattened in order (:func:`flat_outputs`), per input batch."""
     if runner.feature_names:
         return [flat_outputs(list(runner.outputs(x).values())) for x in inputs]
