@@ -114,3 +114,24 @@ def test_spec_stages_are_fast_and_import_no_backend(tmp_path: Path) -> None:
         "matplotlib",
     }
     assert json.loads((tmp_path / "g.json").read_text())["graph"]["name"] == "densenet264"
+
+
+def test_summary_shows_a_backbones_outputs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's figures: densenet121 at 224 as a backbone gives block2 [512, 28, 28], block3 [1024, 14, 14],
+    block4 [1024, 7, 7], at strides 8, 16, 32 (the JSON and the table)."""
+    spec = REPO / "tests" / "data" / "densenet121-features.yaml"
+    data = _summary(spec, capsys)
+    assert data["outputs"] == [
+        {"name": "block2", "channels": 512, "size": [28, 28], "stride": 8},
+        {"name": "block3", "channels": 1024, "size": [14, 14], "stride": 16},
+        {"name": "block4", "channels": 1024, "size": [7, 7], "stride": 32},
+    ]
+    assert main(["summary", str(spec)]) == 0
+    table = capsys.readouterr().out
+    assert "features head: outputs" in table
+    rows = [line.split("│")[1:5] for line in table.splitlines() if line.startswith("│ block")]
+    assert [[cell.strip() for cell in row] for row in rows][-3:] == [
+        ["block2", "512", "28x28", "8"],
+        ["block3", "1024", "14x14", "16"],
+        ["block4", "1024", "7x7", "32"],
+    ]
