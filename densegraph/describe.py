@@ -15,7 +15,9 @@ key                            value
 ``densegraph.outputs``         JSON (a features head): ``name``, ``channels``, ``size`` [H, W], ``stride``
 ``densegraph.labels``          JSON list of class names (when the spec or ``labels`` names them)
 ``densegraph.preprocess``      JSON: ``input_size`` [C, H, W], ``channel_order``, ``resize``, ``crop``,
-                               ``interpolation``, ``scale``, ``mean``, ``std`` (see :func:`preprocess_of`)
+                               ``interpolation``, ``scale``, ``mean``, ``std`` (see :func:`preprocess_of`);
+                               a dynamic model's ``input_range`` {``min``, ``opt``, ``max``: [H, W]} (its
+                               ``input_size`` and ``crop`` are the ``opt`` size)
 ``densegraph.nodes``           JSON: name prefix -> [graph node, spec ``file:line:col``] (see :func:`locate`)
 ``densegraph.batch_tile``      the batch tile, when the model runs in tiles
 =============================  ===============================================================================
@@ -63,9 +65,11 @@ def preprocess_of(graph: nx.DiGraph) -> dict[str, Any]:
     none with 1).
     """
     c, h, w = (int(v) for v in graph.graph["input_shape"])
+    size_range = graph.graph.get("input_range")
+    dynamic = {"input_range": dict(size_range)} if size_range else {}
     given = graph.graph.get("preprocess")
     if given:
-        return {"input_size": [c, h, w], **dict(given)}
+        return {"input_size": [c, h, w], **dynamic, **dict(given)}
     stem_ops = graph.nodes["stem"]["ops"] if "stem" in graph else []
     imagenet_style = c == 3 and any(op["op"] == "maxpool" for op in stem_ops)
     color = c == 3
@@ -78,6 +82,7 @@ def preprocess_of(graph: nx.DiGraph) -> dict[str, Any]:
         "scale": 255.0,
         "mean": list(_IMAGENET_MEAN) if color else [0.0],
         "std": list(_IMAGENET_STD) if color else [1.0],
+        **dynamic,
     }
 
 
@@ -222,6 +227,7 @@ def model_card(manifest: Mapping[str, Any], metadata: Mapping[str, str]) -> str:
         "",
         "Preprocessing (`densegraph.preprocess` in the model's metadata): " + _preprocess_line(preprocess),
         "",
+        *_range_lines(preprocess.get("input_range")),
         "## Cost",
         "",
         f"{manifest['params']:,} parameters, {manifest['macs'] / 1e9:.3g} GMACs per image "
@@ -256,6 +262,17 @@ def model_card(manifest: Mapping[str, Any], metadata: Mapping[str, str]) -> str:
 
 def _shape(shape: Sequence[Any]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _range_lines(size_range: Mapping[str, Sequence[int]] | None) -> list[str]:
+    if not size_range:
+        return []
+    (lh, lw), (oh, ow), (hh, hw) = (size_range[k] for k in ("min", "opt", "max"))
+    return [
+        f"Dynamic input size: height and width from {lh}x{lw} to {hh}x{hw}, tuned for (and preprocessed to) "
+        f"{oh}x{ow}; the MACs below are counted at {oh}x{ow}.",
+        "",
+    ]
 
 
 def _preprocess_line(p: Mapping[str, Any]) -> str:
@@ -293,12 +310,19 @@ def _parity_lines(parity: Mapping[str, Any]) -> list[str]:
             lines.append(line + ".")
         else:
             lines.append(
-                f"- {precision}: onnxruntime vs {result['reference']} (batch "
-                f"{', '.join(map(str, result['batches']))}): max abs error {result['max_abs_err']:.2g}, max "
+                f"- {precision}: onnxruntime vs {result['reference']} ({_batches(result)}): max abs error "
+                f"{result['max_abs_err']:.2g}, max "
                 f"relative error {result['max_rel_err']:.2g} ({result['criterion']}: "
                 f"{'passed' if result['passed'] else 'FAILED'})."
             )
     return lines
+
+
+def _batches(result: Mapping[str, Any]) -> str:
+    if "sizes" not in result:
+        return f"batch {', '.join(map(str, result['batches']))}"
+    runs = (f"{n} at {h}x{w}" for n, (h, w) in zip(result["batches"], result["sizes"], strict=True))
+    return "batch " + ", ".join(runs)
 
 
 def _outputs_line(metadata: Mapping[str, str], labels: Sequence[str] | None) -> str:

@@ -96,6 +96,8 @@ def summary_dict(graph: nx.DiGraph, *, per_node: bool = False) -> dict[str, Any]
         "cio": total["cio"],
         "cio_bytes": total["cio"] * _BYTES_FP32,
         "input_shape": [1, c, h, w],
+        # a dynamic input: the sizes it takes; every count here is at its opt size (input_shape's H, W)
+        "input_range": dict(graph.graph["input_range"]) if graph.graph.get("input_range") else None,
         "output_shape": [1, *graph.graph["output_shape"]] if graph.graph["output_shape"] else None,
         # a features head (a backbone): its named outputs, with the stride from the input
         "outputs": [
@@ -203,6 +205,12 @@ def print_summary(graph: nx.DiGraph, *, per_node: bool = False) -> None:
     console.print(table)
     if data["outputs"]:
         console.print(_outputs_table(data["outputs"]))
+    if data["input_range"]:
+        (lh, lw), (hh, hw) = data["input_range"]["min"], data["input_range"]["max"]
+        console.print(
+            f"dynamic input: height x width from {lh}x{lw} to {hh}x{hw}; the sizes and costs here are at the opt "
+            f"size {h}x{w} (parameters do not change with the size; MACs, CIO and activations grow about as H x W)"
+        )
     console.print(
         f"params {data['params']:,} ({_human(data['params'])})   MACs {data['macs']:,} ({_human(data['macs'])}, "
         f"{_human(data['flops'], 'FLOP')})   CIO {_human(data['cio_bytes'], 'B')} fp32 (bytes the convs read and "

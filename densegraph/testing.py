@@ -136,7 +136,8 @@ _KEYS = tuple(
     for k in (
         "name input growth_rate bottleneck compression dropout stem blocks connectivity head extends "
         "channels size kind layers classes window dense log imagenet cifar "
-        "preprocess resize crop mean std channel_order scale interpolation rgb bgr bilinear"
+        "preprocess resize crop mean std channel_order scale interpolation rgb bgr bilinear "
+        "dynamic min opt max"
     ).split()
 )
 

@@ -13,13 +13,22 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import DataError, Loc
+from .errors import DataError, DensegraphError, Loc
 
-__all__ = ["decode_image", "eval_transform", "train_transform", "image_to_input", "check_preprocess"]
+__all__ = [
+    "decode_image",
+    "eval_transform",
+    "train_transform",
+    "image_to_input",
+    "check_preprocess",
+    "size_range_of",
+    "refuse_outside_range",
+]
 
 _KEYS = ("resize", "crop", "mean", "std", "channel_order", "scale", "interpolation")
 _RESIZED_CROP_SCALE = (0.08, 1.0)
@@ -67,6 +76,43 @@ def check_preprocess(preprocess: Any, channels: int, where: Loc | None = None) -
     if not out["scale"] > 0 or any(not s > 0 for s in out["std"]):
         raise DataError("the model's preprocessing record has a non-positive scale or std", loc=where)
     return out
+
+
+def size_range_of(preprocess: Mapping[str, Any], where: Loc) -> dict[str, list[int]] | None:
+    """The ``input_range`` of a preprocess record (a dynamic model's), checked; None for a fixed size."""
+    given = preprocess.get("input_range")
+    if given is None:
+        return None
+    try:
+        size_range = {key: [int(v) for v in given[key]] for key in ("min", "opt", "max")}
+    except (KeyError, TypeError, ValueError):
+        size_range = None
+    if size_range is None or any(
+        len(v) != 2 or not 0 < lo <= v[i] <= hi
+        for v in size_range.values()
+        for i, (lo, hi) in enumerate(zip(size_range["min"], size_range["max"], strict=True))
+    ):
+        raise DataError(
+            f"the model's densegraph.preprocess has a malformed input_range {given!r}",
+            loc=where,
+            hint="expected {min: [H, W], opt: [H, W], max: [H, W]} with min <= opt <= max",
+        )
+    return size_range
+
+
+def refuse_outside_range(
+    size_range: Mapping[str, Sequence[int]] | None, shape: Sequence[int], what: str
+) -> None:
+    """One :class:`DensegraphError` when ``shape`` ``[N, C, H, W]`` has H or W outside ``size_range``."""
+    if size_range is None or len(shape) != 4:
+        return
+    h, w = int(shape[2]), int(shape[3])
+    (lh, lw), (oh, ow), (hh, hw) = (size_range[k] for k in ("min", "opt", "max"))
+    if not (lh <= h <= hh and lw <= w <= hw):
+        raise DensegraphError(
+            f"{what} takes images from {lh}x{lw} to {hh}x{hw} (height x width), got {h}x{w}",
+            hint=f"resize the images into that range (the model is tuned for {oh}x{ow})",
+        )
 
 
 def decode_image(path: str | os.PathLike[str], channels: int) -> Any:

@@ -2,7 +2,9 @@
 
 ``densegraph build`` makes fp32, fp16 and int8 models of three specs (tests/data/tiny-digits.yaml,
 tests/data/torchvision-tiny.yaml with torchvision's weights, specs/cifar/densenet-bc-l100-k12.yaml), plus the
-opt-in batch-tiled form (``--batch-tile 2``, a padded ``Scan``) of the digits one. Each runs at batches 1-9 in onnxruntime,
+opt-in batch-tiled form (``--batch-tile 2``, a padded ``Scan``) of the digits one, and of a dynamic-size spec
+(tests/data/tiny-digits-dynamic.yaml: symbolic height and width), run at its min and max sizes, batches 1 and 2.
+The others run at batches 1-9 in onnxruntime,
 OpenVINO (CPU, ``INFERENCE_PRECISION_HINT=f32``), ``onnx.reference`` (the small models: it is pure numpy) and
 ``polygraphy run --onnxrt``, and is held to the PyTorch eval module (before any rewrite) on the same inputs
 with the build's own gates (:mod:`densegraph.parity`): fp32 max abs error, fp16 relative error, int8 logits
@@ -53,6 +55,13 @@ class Case:
     small: bool = False  # small enough for onnx.reference
     tile: str | None = None  # --batch-tile
     precisions: tuple[str, ...] = PRECISIONS
+    sizes: tuple[tuple[int, int], ...] = ()  # a dynamic input: run at these (H, W), batches 1 and 2
+
+    def keys(self) -> tuple[str, ...]:
+        """The inputs' names: the batch (at the spec's size), or ``<batch>@<H>x<W>`` for a dynamic input."""
+        if not self.sizes:
+            return tuple(str(b) for b in BATCHES)
+        return tuple(f"{b}@{h}x{w}" for h, w in self.sizes for b in (1, 2))
 
 
 CASES = (
@@ -62,6 +71,7 @@ CASES = (
     ),
     Case("digits-tiled", "tests/data/tiny-digits.yaml", small=True, tile="2", precisions=("fp32", "int8")),
     Case("cifar-bc100", "specs/cifar/densenet-bc-l100-k12.yaml"),
+    Case("digits-dynamic", "tests/data/tiny-digits-dynamic.yaml", small=True, sizes=((8, 8), (24, 20))),
 )
 MODELS = [(case, precision) for case in CASES for precision in case.precisions]
 RUNTIMES = ("onnxruntime", "openvino", "reference", "polygraphy")
@@ -88,7 +98,15 @@ class Built:
     precision: str
     model: Path
     inputs: Path
-    references: dict[int, np.ndarray]
+    references: dict[str, np.ndarray]
+
+
+def _input_shape(key: str, chw: tuple[int, ...]) -> tuple[int, ...]:
+    """``[N, C, H, W]`` of an input named as :meth:`Case.keys` names them."""
+    if "@" not in key:
+        return (int(key), *chw)
+    batch, size = key.split("@")
+    return (int(batch), chw[0], *(int(v) for v in size.split("x")))
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +130,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
                 torch.save(module.state_dict(), weights)
             shape = tuple(module.input_shape)
             rng = np.random.default_rng(7)
-            inputs = {str(b): rng.standard_normal((b, *shape), dtype=np.float32) for b in BATCHES}
+            inputs = {
+                key: rng.standard_normal(_input_shape(key, shape), dtype=np.float32) for key in case.keys()
+            }
             np.savez(root / f"{case.name}.inputs.npz", **inputs)
             with torch.inference_mode():
-                references = {b: module(torch.from_numpy(inputs[str(b)])).numpy() for b in BATCHES}
+                references = {key: module(torch.from_numpy(x)).numpy() for key, x in inputs.items()}
             calib = root / f"{case.name}.calib.npy"
             np.save(calib, np.random.default_rng(3).standard_normal((16, *shape), dtype=np.float32))
             for precision in case.precisions:
@@ -152,7 +172,7 @@ def outputs(built: dict[str, Built], tmp_path_factory: pytest.TempPathFactory) -
             }
             for key, model in built.items()
             if runtime != "reference" or model.case.small
-            for b in BATCHES
+            for b in model.case.keys()
         ]
         path = root / f"{runtime}.jobs.json"
         path.write_text(json.dumps(jobs))
@@ -168,7 +188,7 @@ def outputs(built: dict[str, Built], tmp_path_factory: pytest.TempPathFactory) -
         return {runtime: future.result() for runtime, future in running.items()}
 
 
-def _run_children(jobs_path: Path, jobs: list[dict[str, Any]]) -> dict[str, dict[int, Any]]:
+def _run_children(jobs_path: Path, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Run the jobs in a child, restarting it after a crash; (model key -> batch -> logits or error)."""
     progress = Path(str(jobs_path) + ".progress")
     crashes: dict[int, str] = {}
@@ -190,7 +210,7 @@ def _run_children(jobs_path: Path, jobs: list[dict[str, Any]]) -> dict[str, dict
         crashes[crashed] = f"the process died (exit {child.returncode}): {child.stderr.strip()[-300:]}"
         with progress.open("a") as log:
             log.write(f"crash {crashed}\n")
-    results: dict[str, dict[int, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for index, job in enumerate(jobs):
         out = Path(job["output"])
         if index in crashes:
@@ -204,15 +224,15 @@ def _run_children(jobs_path: Path, jobs: list[dict[str, Any]]) -> dict[str, dict
     return results
 
 
-def _polygraphy(model: Built, root: Path) -> dict[int, Any]:
+def _polygraphy(model: Built, root: Path) -> dict[str, Any]:
     """``polygraphy run --onnxrt`` on all batches at once (one iteration each); on failure, batch by batch."""
     from polygraphy.json import load_json, save_json
 
     data = np.load(model.inputs)
 
-    def run(batches: tuple[int, ...], tag: str) -> list[np.ndarray] | str:
+    def run(batches: tuple[str, ...], tag: str) -> list[np.ndarray] | str:
         feeds, results = root / f"poly-{tag}.in.json", root / f"poly-{tag}.out.json"
-        save_json([{"images": data[str(b)]} for b in batches], str(feeds))
+        save_json([{"images": data[b]} for b in batches], str(feeds))
         child = subprocess.run(
             [str(_polygraphy_cli()), "run", str(model.model), "--onnxrt", "--load-inputs", str(feeds)]
             + ["--save-outputs", str(results)],
@@ -225,10 +245,11 @@ def _polygraphy(model: Built, root: Path) -> dict[int, Any]:
         return [np.asarray(it["logits"]) for it in iterations]
 
     tag = model.model.parent.name
-    together = run(BATCHES, tag)
+    keys = model.case.keys()
+    together = run(keys, tag)
     if not isinstance(together, str):
-        return dict(zip(BATCHES, together, strict=True))
-    return {b: (got if isinstance(got := run((b,), f"{tag}-{b}"), str) else got[0]) for b in BATCHES}
+        return dict(zip(keys, together, strict=True))
+    return {b: (got if isinstance(got := run((b,), f"{tag}-{b}"), str) else got[0]) for b in keys}
 
 
 def _failure(got: Any, reference: np.ndarray, precision: str, runtime: str) -> str | None:
@@ -265,7 +286,9 @@ def test_model_runs_at_every_batch(
     model = built[key]
     got = outputs[runtime][key]
     failures = {
-        b: why for b in BATCHES if (why := _failure(got[b], model.references[b], model.precision, runtime))
+        b: why
+        for b in model.case.keys()
+        if (why := _failure(got[b], model.references[b], model.precision, runtime))
     }
     assert not failures, f"{key} in {runtime}: " + "; ".join(
         f"batch {b}: {why}" for b, why in failures.items()

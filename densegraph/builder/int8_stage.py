@@ -21,7 +21,7 @@ from .options import BuildOptions
 if TYPE_CHECKING:
     import networkx as nx
 
-__all__ = ["INT8_EVAL_SAMPLES", "calibration_data", "int8_model"]
+__all__ = ["INT8_EVAL_SAMPLES", "calibration_data", "int8_model", "int8_at_sizes"]
 
 INT8_EVAL_SAMPLES = 1000  # labelled validation images scored for the int8 report (at most)
 
@@ -123,6 +123,53 @@ def _check_outputs_kept(fp32: Any, int8: Any) -> None:
     ]
     if got != signature:
         raise RuntimeError(f"quantizing changed the model's outputs: {signature} -> {got} (a densegraph bug)")
+
+
+def int8_at_sizes(
+    manifest: dict[str, Any],
+    fp32_path: Path,
+    path: Path,
+    calib: Any,
+    options: BuildOptions,
+    graph: nx.DiGraph,
+) -> None:
+    """A dynamic model's int8 gate at its ``min`` and ``max`` sizes: the calibration source preprocessed to
+    each size (the shorter-side resize scaled with the crop), int8 against fp32 there. The scales were
+    calibrated at the ``opt`` size (``manifest["calibration"]["size"]``), where :func:`int8_model` scores
+    it; the results go to ``manifest["parity"]["int8"]["sizes"]``, keyed ``HxW``. A fixed size: nothing."""
+    size_range = graph.graph.get("input_range")
+    if not size_range:
+        return
+    manifest["calibration"]["size"] = list(size_range["opt"])
+    c, opt = int(graph.graph["input_shape"][0]), tuple(size_range["opt"])
+    labelled = calib.y.size > 0
+    out: dict[str, Any] = {}
+    for key in ("min", "max"):
+        h, w = (int(v) for v in size_range[key])
+        if (h, w) == opt or f"{h}x{w}" in out:
+            continue
+        if str(options.calib).endswith(".npy"):
+            out[f"{h}x{w}"] = "not checked: a .npy calibration set holds images of one size"
+            continue
+        preprocess = dict(calib.preprocess)
+        if preprocess.get("resize") is not None:
+            preprocess["resize"] = max(min(h, w), round(preprocess["resize"] * min(h, w) / min(opt)))
+        preprocess["crop"] = [h, w]
+        assert options.calib is not None  # checked with the options
+        scored = load_data(
+            options.calib,
+            (c, h, w),
+            split="val" if labelled else "train",
+            max_samples=INT8_EVAL_SAMPLES if labelled else options.calib_samples,
+            preprocess=preprocess,
+        )
+        fp32_out, int8_out = (_onnx_outputs(p, scored.x) for p in (fp32_path, path))
+        if graph.graph.get("outputs"):  # a backbone: every named feature map to the bar
+            out[f"{h}x{w}"] = verify_int8_features(fp32_out, int8_out)
+        else:
+            labels = scored.y if labelled else None
+            out[f"{h}x{w}"] = verify_int8(fp32_out["logits"], int8_out["logits"], labels)
+    manifest["parity"]["int8"]["sizes"] = out
 
 
 @contextmanager

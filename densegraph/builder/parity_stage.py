@@ -26,14 +26,54 @@ if TYPE_CHECKING:
     import networkx as nx
     from torch import nn
 
-__all__ = ["PARITY_BATCHES", "torch_references", "start_torch_references", "fp32_parity", "fp16_model"]
+__all__ = [
+    "PARITY_BATCHES",
+    "parity_shapes",
+    "parity_text",
+    "with_sizes",
+    "torch_references",
+    "start_torch_references",
+    "fp32_parity",
+    "fp16_model",
+]
 
 PARITY_BATCHES = (1, 3)  # batch 1 and a batch > 1 that is no power of two
 
 
+def parity_shapes(graph: nx.DiGraph) -> list[tuple[int, int, int, int]]:
+    """The ``[N, C, H, W]`` of the parity inputs: :data:`PARITY_BATCHES` at the input size; a dynamic input
+    adds batch 1 at its ``min`` and ``max`` sizes (each distinct size once)."""
+    c, h, w = (int(v) for v in graph.graph["input_shape"])
+    size_range = graph.graph.get("input_range")
+    if not size_range:
+        return [(n, c, h, w) for n in PARITY_BATCHES]
+    (lh, lw), (hh, hw) = ((int(v) for v in size_range[key]) for key in ("min", "max"))
+    shapes = [(1, c, lh, lw), *((n, c, h, w) for n in PARITY_BATCHES), (1, c, hh, hw)]
+    return list(dict.fromkeys(shapes))
+
+
+def parity_text(graph: nx.DiGraph) -> str:
+    """What the fp32 gate runs, for the progress line: ``batch 1, 3`` or ``batch 1 at 128x128, ...``."""
+    shapes = parity_shapes(graph)
+    if not graph.graph.get("input_range"):
+        return "batch " + ", ".join(str(s[0]) for s in shapes)
+    return "batch " + ", ".join(f"{n} at {h}x{w}" for n, _, h, w in shapes)
+
+
+def with_sizes(record: dict | str, inputs: list[np.ndarray], graph: nx.DiGraph) -> dict | str:
+    """A dynamic model's parity record with the ``sizes`` ([H, W] per input batch) it was checked at."""
+    if isinstance(record, dict) and graph.graph.get("input_range"):
+        record["sizes"] = [[int(d) for d in x.shape[2:]] for x in inputs]
+    return record
+
+
+def _parity_inputs(graph: nx.DiGraph) -> list[np.ndarray]:
+    return [x for shape in parity_shapes(graph) for x in parity_inputs(shape[1:], shape[:1])]
+
+
 def torch_references(module: nn.Module, graph: nx.DiGraph, options: BuildOptions) -> tuple[list, list]:
-    """The parity inputs and the unrewritten eval module's logits on them."""
-    inputs = parity_inputs(tuple(graph.graph["input_shape"]), PARITY_BATCHES)
+    """The parity inputs (:func:`parity_shapes`) and the unrewritten eval module's outputs on them."""
+    inputs = _parity_inputs(graph)
     return inputs, _module_outputs(module, inputs, options)
 
 
@@ -42,7 +82,7 @@ def start_torch_references(
 ) -> tuple[list, Future[list]]:
     """:func:`torch_references` with the outputs as a future, computed in a thread: PyTorch runs the reference
     (one thread, the GIL released in its kernels) while onnxruntime loads and runs the model beside it."""
-    inputs = parity_inputs(tuple(graph.graph["input_shape"]), PARITY_BATCHES)
+    inputs = _parity_inputs(graph)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="densegraph-reference")
     try:
         return inputs, executor.submit(_module_outputs, module, inputs, options)
@@ -54,11 +94,11 @@ def fp32_parity(
     module: nn.Module, graph: nx.DiGraph, options: BuildOptions, path: Path, outputs: int
 ) -> tuple[list, list, dict]:
     """The fp32 gate: the model at ``path`` in onnxruntime against the module; returns the inputs, the
-    references (for the fp16/int8 gates) and the parity record."""
+    references (for the fp16/int8 gates) and the parity record (a dynamic input's with its ``sizes``)."""
     inputs, reference = start_torch_references(module, graph, options)
     # onnxruntime on one thread too: the reference holds the other core meanwhile.
     parity = verify_outputs(path, inputs, reference, "fp32", outputs=outputs, threads=1)
-    return inputs, reference.result(), parity
+    return inputs, reference.result(), with_sizes(parity, inputs, graph)
 
 
 def _module_outputs(module: nn.Module, inputs: list, options: BuildOptions) -> list:
@@ -83,9 +123,16 @@ def _module_outputs(module: nn.Module, inputs: list, options: BuildOptions) -> l
 
 
 def fp16_model(
-    model: Any, inputs: list, references: list, path: Path, metadata: dict[str, str]
+    model: Any, inputs: list, references: list, path: Path, metadata: dict[str, str], graph: nx.DiGraph
 ) -> tuple[Any, dict, dict | str]:
     """Convert to fp16 and verify it where onnxruntime's CPU kernels run it; returns model, record, parity."""
+    model16, record, parity = _fp16_model(model, inputs, references, path, metadata)
+    return model16, record, with_sizes(parity, inputs, graph)
+
+
+def _fp16_model(
+    model: Any, inputs: list, references: list, path: Path, metadata: dict[str, str]
+) -> tuple[Any, dict, dict | str]:
     model16, notes = fp16_from_onnx(model)
     set_metadata(model16, metadata)
     data = save_onnx(model16, path)

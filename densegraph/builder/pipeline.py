@@ -16,10 +16,10 @@ from ..graph import build_graph
 from ..manifest import MANIFEST_NAME, file_sha256, tool_versions
 from ..spec import Spec, load_spec
 from .engine_stage import build_engine_into, engine_options_from
-from .int8_stage import calibration_data, int8_model
+from .int8_stage import calibration_data, int8_at_sizes, int8_model
 from .onnx_stage import batch_tile_for, emit, lower, tile_final_model
 from .options import BuildOptions, check_features, check_options, graph_passes
-from .parity_stage import PARITY_BATCHES, fp16_model, fp32_parity
+from .parity_stage import fp16_model, fp32_parity, parity_text
 from .picture_stage import Picture
 from .progress import Progress, Stages
 from .record import manifest_head, model_record
@@ -90,19 +90,20 @@ def build_model(
         manifest = manifest_head(options, spec_path, graph, passes)
         fp32_path = stage / (MODEL_NAME if options.precision == "fp32" else "model.fp32.onnx")
         model = emit(module, graph, options, passes, metadata, fp32_path, stages)
-        with stages.stage("verify", f"onnxruntime vs PyTorch at batch {', '.join(map(str, PARITY_BATCHES))}"):
+        with stages.stage("verify", f"onnxruntime vs PyTorch at {parity_text(graph)}"):
             inputs, references, fp32 = fp32_parity(module, graph, options, fp32_path, len(model.graph.output))
             manifest["parity"] = {"fp32": fp32}
         if options.precision == "fp16":
             with stages.stage("fp16", "float16 weights and compute, float32 input and output"):
                 model, manifest["fp16"], manifest["parity"]["fp16"] = fp16_model(
-                    model, inputs, references, stage / MODEL_NAME, metadata
+                    model, inputs, references, stage / MODEL_NAME, metadata, graph
                 )
         elif options.precision == "int8":
             with stages.stage("quantize", f"int8 Q/DQ, calibration {options.calib}"):
                 model, manifest["calibration"], manifest["parity"]["int8"] = int8_model(
                     model, fp32_path, stage / MODEL_NAME, calib, options, metadata
                 )
+                int8_at_sizes(manifest, fp32_path, stage / MODEL_NAME, calib, options, graph)
         tile = batch_tile_for(options, graph)
         if tile is not None:
             model, tile, manifest["batch_tiling"] = tile_final_model(

@@ -38,6 +38,9 @@ class BuildResult:
 def _parity_line(precision: str, parity: dict[str, Any]) -> str:
     fp32 = parity["fp32"]
     line = f"parity max abs err {fp32['max_abs_err']:.2g} at batch {', '.join(map(str, fp32['batches']))}"
+    if "sizes" in fp32:  # a dynamic input: each batch at its size
+        runs = (f"{n} at {h}x{w}" for n, (h, w) in zip(fp32["batches"], fp32["sizes"], strict=True))
+        line = f"parity max abs err {fp32['max_abs_err']:.2g} at batch {', '.join(runs)}"
     if precision == "fp16":
         fp16 = parity["fp16"]
         line += (
@@ -51,4 +54,6 @@ def _parity_line(precision: str, parity: dict[str, Any]) -> str:
         line += f"; int8 logits SQNR {int8['sqnr_db']:.1f} dB, top-1 agreement {int8['top1_agreement']:.1%}"
         if "top1_int8" in int8:
             line += f" (top-1 fp32 {int8['top1_fp32']:.1%}, int8 {int8['top1_int8']:.1%})"
+        for size, at in int8.get("sizes", {}).items():  # a dynamic input's min and max sizes
+            line += f"; at {size} {at['sqnr_db']:.1f} dB" if isinstance(at, dict) else f"; at {size} {at}"
     return line

@@ -13,7 +13,9 @@ own (the head's ReLU, the global pool) takes its node's module path (or the node
 ``head.relu``. A rewrite keeps the name of the op it replaces (a BN folded into a conv leaves the conv's name;
 a BN as a depthwise conv keeps the BN's). The model has one input ``images`` ``[batch, C, H, W]`` and one
 output ``logits`` ``[batch, classes]``, or for a features head one output per named feature map
-(``block3`` ``[batch, C, H, W]``). Equal inputs give equal bytes.
+(``block3`` ``[batch, C, H, W]``). A dynamic input (``graph.graph["input_range"]``) has symbolic ``height`` and
+``width`` (and each feature map ``<name>_height``, ``<name>_width``); no op bakes a spatial size in (the
+classifier pools with ``GlobalAveragePool`` and flattens on axis 1). Equal inputs give equal bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = ["EMITTERS", "EmitError", "onnx_from_graph", "onnx_from_ops", "value_n
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
+HEIGHT_AXIS, WIDTH_AXIS = "height", "width"  # a dynamic input's (graph.graph["input_range"]) spatial axes
 
 
 class EmitError(ValueError):
@@ -281,9 +284,12 @@ def onnx_from_ops(
                 raise EmitError(f"while emitting {node} ({op_name}, {op['op']}): {exc}") from exc
         values[node] = x
     c, h, w = graph.graph["input_shape"]
+    dynamic = bool(graph.graph.get("input_range"))
+    if dynamic:
+        h, w = HEIGHT_AXIS, WIDTH_AXIS
     features = graph.graph.get("outputs")
     if features:
-        outputs = _feature_outputs(e, features, values)
+        outputs = _feature_outputs(e, features, values, dynamic=dynamic)
     else:
         _rename_output(e, values[sink], OUTPUT_NAME, sink)
         classes = int(graph.graph["output_shape"][0])
@@ -317,9 +323,12 @@ def _rename_output(e: _Emission, value: str, output: str, node: str) -> None:
     producer.output[0] = output
 
 
-def _feature_outputs(e: _Emission, features: list[dict[str, Any]], values: dict[str, str]) -> list[Any]:
-    """A features head: one model output per named feature map, ``[batch, channels, H, W]``. A map that other
-    nodes also read (a block's single output, read by its transition) is passed on through an Identity."""
+def _feature_outputs(
+    e: _Emission, features: list[dict[str, Any]], values: dict[str, str], *, dynamic: bool
+) -> list[Any]:
+    """A features head: one model output per named feature map, ``[batch, channels, H, W]`` (with a dynamic
+    input, H and W are the symbolic ``<name>_height``, ``<name>_width``). A map that other nodes also read (a
+    block's single output, read by its transition) is passed on through an Identity."""
     from onnx import TensorProto, helper
 
     read = {i for n in e.nodes for i in n.input}
@@ -330,7 +339,12 @@ def _feature_outputs(e: _Emission, features: list[dict[str, Any]], values: dict[
             e.node("Identity", [value], o["name"])
         else:
             _rename_output(e, value, o["name"], o["node"])
-        shape: list[str | int | None] = [BATCH_AXIS, int(o["channels"]), *map(int, o["size"])]
+        size = (
+            [f"{o['name']}_{HEIGHT_AXIS}", f"{o['name']}_{WIDTH_AXIS}"]
+            if dynamic
+            else list(map(int, o["size"]))
+        )
+        shape: list[str | int | None] = [BATCH_AXIS, int(o["channels"]), *size]
         outputs.append(helper.make_tensor_value_info(o["name"], TensorProto.FLOAT, shape))
     return outputs
 

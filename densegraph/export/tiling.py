@@ -107,9 +107,9 @@ def tile_model(
     tiled = check_onnx(tile_batch(model, tile).model)
     plain_bytes = model.SerializeToString(deterministic=True)
     tiled_bytes = tiled.SerializeToString(deterministic=True)
-    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
-    inputs = parity_inputs(shape, (1, tile, 2 * tile + 1), seed=1)  # padded, whole, whole and padded
     with OnnxRuntimeRunner(plain_bytes) as untiled_run, OnnxRuntimeRunner(tiled_bytes) as tiled_run:
+        shape = untiled_run.input_chw  # a dynamic input: its opt size
+        inputs = parity_inputs(shape, (1, tile, 2 * tile + 1), seed=1)  # padded, whole, whole and padded
         want = [untiled_run(x) for x in inputs]
         got = [tiled_run(x) for x in inputs]
     same_shapes = all(g.shape == w.shape for g, w in zip(got, want, strict=True))

@@ -50,7 +50,9 @@ names come from templates by role, :mod:`.names`):
   binomial filter (:func:`binomial_filter`) as a strided depthwise conv (timm's BlurPool2d); no parameters
 - ``global_avgpool`` (then flatten); ``linear``: ``in_features``, ``out_features``, ``bias``
 
-The graph attributes (``g.graph``) hold ``name``, ``input_shape`` (C, H, W), ``output_shape`` (classes,; ``()``
+The graph attributes (``g.graph``) hold ``name``, ``input_shape`` (C, H, W; a dynamic input's ``opt`` size, at
+which every node's sizes and costs are computed), ``input_range`` (a dynamic input only: ``min``, ``opt``,
+``max``, each [H, W]: the sizes the model takes), ``output_shape`` (classes,; ``()``
 for a features head), ``outputs`` (a features head only: per output ``name``, ``node``, ``block``,
 ``channels``, ``size`` [H, W], ``stride``), ``labels`` (a classifier whose spec names its classes:
 ``head.labels``), ``spec_path``, ``preprocess`` (a plain dict: ``resize`` (shorter
@@ -119,4 +121,6 @@ def graph_sha256(graph: nx.DiGraph) -> str:
         "nodes": nodes,
         "edges": edges,
     }
+    if graph.graph.get("input_range"):  # only then: a fixed-size graph keeps the digest it always had
+        doc["input_range"] = graph.graph["input_range"]
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()

@@ -4,6 +4,7 @@ docstring describes the nodes, edges and ops it makes)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import networkx as nx
@@ -435,10 +436,64 @@ class _Builder:
 
 
 def build_graph(spec: Spec) -> nx.DiGraph:
-    """Expand ``spec`` into its connection graph (see the module docstring for the node and edge table)."""
+    """Expand ``spec`` into its connection graph (see the module docstring for the node and edge table).
+
+    A dynamic input (``spec.input_range``) is expanded at its ``opt`` size (every shape and cost is that
+    size's) and its range is checked to be one the network takes: see :func:`_check_size_range`."""
     graph = _Builder(spec).build()
+    if spec.input_range is not None:
+        _check_size_range(spec, graph)
+        graph.graph["input_range"] = spec.input_range.as_dict()
     check_graph(graph)
     return graph
+
+
+def _total_stride(graph: nx.DiGraph, node: str) -> int:
+    """The product of the strides of every op before ``node`` (its maps are input / that, rounded)."""
+    stride = 1
+    for u in nx.ancestors(graph, node):
+        for op in graph.nodes[u]["ops"]:
+            stride *= int(op.get("stride", 1))
+    return stride
+
+
+def _check_size_range(spec: Spec, graph: nx.DiGraph) -> None:
+    """Refuse a size range the network cannot take.
+
+    Feature maps shrink monotonically with the input, so the network takes every size of the range when it
+    takes ``min`` (no map collapses, a blur pool sees at least 2x2). A features head's maps are consumed by
+    stride (an FPN adds an upsampled map to the next one), so its ``min``, ``opt`` and ``max`` must be
+    multiples of its deepest output's stride: there every output is exactly input / stride.
+    """
+    assert spec.input_range is not None
+    size_range = spec.input_range
+    low = size_range.min
+    where = size_range.locs.get("min") or size_range.loc or spec.loc_of("input")
+    if low != size_range.opt:
+        try:
+            _Builder(replace(spec, input_size=low, input_range=None)).build()
+        except SpecError as exc:
+            raise SpecError(
+                f"the network cannot take its smallest input {low[0]}x{low[1]}: {exc.message}",
+                loc=where,
+                hint="raise input.size's min: the network downsamples it too far",
+            ) from None
+    outputs = graph.graph.get("outputs") or []
+    if not outputs:
+        return
+    stride = max(_total_stride(graph, o["node"]) for o in outputs)
+    for key in ("min", "opt", "max"):
+        h, w = getattr(size_range, key)
+        if h % stride or w % stride:
+            down = ((h // stride) * stride, (w // stride) * stride)
+            up = (-(-h // stride) * stride, -(-w // stride) * stride)
+            sizes = " or ".join(f"{a}x{b}" for a, b in (down, up) if a and b)
+            raise SpecError(
+                f"input.size's {key} {h}x{w} is not a multiple of {stride}, the stride of the deepest "
+                "features output",
+                loc=size_range.locs.get(key) or size_range.loc or spec.loc_of("input"),
+                hint=f"use multiples of {stride} (e.g. {sizes}): there every output is exactly input / stride",
+            )
 
 
 graph_from_spec = build_graph

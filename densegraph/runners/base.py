@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataError, DensegraphError, Loc
 from ..timing import time_batches
+from ..transforms import refuse_outside_range, size_range_of
 
 __all__ = [
     "BaseRunner",
@@ -67,6 +68,8 @@ class BaseRunner(abc.ABC):
         self.preprocess: dict[str, Any] | None = None  # the model's input transform, set by load()
         self.classes: list[str] | None = None  # the model's class names where it carries them
         self.feature_names: list[str] = []  # a backbone's named feature maps (empty: a classifier's logits)
+        # a dynamic model's sizes, set by load(): {"min", "opt", "max"} -> [H, W]; None for a fixed size
+        self.size_range: dict[str, list[int]] | None = None
 
     # ---------------------------------------------------------------------------------------------------
     # the interface
@@ -104,7 +107,12 @@ class BaseRunner(abc.ABC):
                 f"the feed names {sorted(feed)}, the model takes {expected}",
                 hint=f"infer({{{', '.join(repr(n) + ': ...' for n in expected)}}})",
             )
+        self.check_input_size(np.shape(feed[expected[0]]))
         return self._infer(feed)
+
+    def check_input_size(self, shape: Sequence[int]) -> None:
+        """Refuse, in one line, an image batch whose height or width is outside a dynamic model's range."""
+        refuse_outside_range(self.size_range, shape, self.name)
 
     @property
     @abc.abstractmethod
@@ -148,8 +156,11 @@ class BaseRunner(abc.ABC):
 
     @property
     def input_chw(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of the image input."""
+        """``(C, H, W)`` of the image input: a dynamic model's ``opt`` size (what its preprocessing resizes
+        to, and what eval, predict and bench feed it)."""
         c, h, w = self.input_metadata[self.input_name].shape[1:]
+        if self.size_range is not None:
+            h, w = self.size_range["opt"]
         assert c is not None and h is not None and w is not None  # checked on load by every runner
         return c, h, w
 
@@ -218,6 +229,13 @@ def preprocess_from_metadata(
         except json.JSONDecodeError:
             raise DataError(f"the model's {METADATA_PREPROCESS} metadata is not JSON", loc=where) from None
         preprocess = check_preprocess(preprocess, shape[0], where)
+        size_range = size_range_of(preprocess, where)
+        if size_range is not None and tuple(size_range["opt"]) != shape[1:]:
+            raise DataError(
+                f"the model's {METADATA_PREPROCESS} input_range has opt {size_range['opt']}, the model is run "
+                f"at {list(shape[1:])}",
+                loc=where,
+            )
         if tuple(preprocess["crop"]) != shape[1:]:
             raise DataError(
                 f"the model's {METADATA_PREPROCESS} crops to {preprocess['crop']}, its input is {list(shape[1:])}",

@@ -1,13 +1,15 @@
 """An ONNX model in onnxruntime, behind the runner interface.
 
 On load the model is checked to be what densegraph feeds and reads: one float image input ``[batch, C, H, W]``
-(fixed C, H, W) and float logits ``[batch, classes]``, or a backbone's float feature maps ``[batch, C, H, W]``
-(every output rank 4, none named ``logits``: :attr:`~.base.BaseRunner.feature_names`); anything else, and any failure inside onnxruntime, is
-one :class:`~densegraph.errors.DensegraphError` naming the model. onnxruntime is imported on load.
+(fixed C, H, W; or symbolic H, W with the size range in its ``densegraph.preprocess`` metadata) and float
+logits ``[batch, classes]``, or a backbone's float feature maps ``[batch, C, H, W]`` (every output rank 4, none
+named ``logits``: :attr:`~.base.BaseRunner.feature_names`); anything else, and any failure inside onnxruntime,
+is one :class:`~densegraph.errors.DensegraphError` naming the model. onnxruntime is imported on load.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +19,8 @@ import numpy as np
 
 from .._io import check_regular
 from ..errors import BuildError, DensegraphError, Loc, ModelLoadError
-from .base import BaseRunner, TensorMeta, preprocess_from_metadata
+from ..transforms import size_range_of
+from .base import METADATA_PREPROCESS, BaseRunner, TensorMeta, preprocess_from_metadata
 
 __all__ = ["OnnxRuntimeRunner", "import_onnxruntime", "best_providers", "providers_for"]
 
@@ -84,6 +87,15 @@ def _ort_reason(exc: Exception) -> str:
     return f"the {found.group(1)} node: {reason}"
 
 
+def _size_range(metadata: Mapping[str, str], where: Loc) -> dict[str, list[int]] | None:
+    """A dynamic model's size range, from its ``densegraph.preprocess`` metadata (None: a fixed size)."""
+    try:
+        record = json.loads(metadata.get(METADATA_PREPROCESS, "{}"))
+    except json.JSONDecodeError:
+        return None  # preprocess_from_metadata reports it
+    return size_range_of(record, where) if isinstance(record, dict) else None
+
+
 class OnnxRuntimeRunner(BaseRunner):
     """An onnxruntime session on ``model`` (a path, or serialized bytes named by ``description``).
 
@@ -143,16 +155,19 @@ class OnnxRuntimeRunner(BaseRunner):
             raise ModelLoadError(
                 f"onnxruntime cannot load the model: {first}", reason=first, loc=self._where
             ) from None
-        self._check_io(session)
+        where = self._where or Loc(self._description)
+        metadata = dict(session.get_modelmeta().custom_metadata_map or {})
+        self.size_range = _size_range(metadata, where)
+        self._check_io(session, dynamic=self.size_range is not None)
         self.session = session
-        self.metadata = dict(session.get_modelmeta().custom_metadata_map or {})
+        self.metadata = metadata
         (meta,) = self._inputs.values()
         c, h, w = (int(d or 0) for d in meta.shape[1:])  # fixed: checked above
-        self.preprocess, self.classes = preprocess_from_metadata(
-            self.metadata, (c, h, w), self._where or Loc(self._description)
-        )
+        if self.size_range is not None:
+            h, w = self.size_range["opt"]
+        self.preprocess, self.classes = preprocess_from_metadata(self.metadata, (c, h, w), where)
 
-    def _check_io(self, session: Any) -> None:
+    def _check_io(self, session: Any, *, dynamic: bool = False) -> None:
         where = self._where
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1:
@@ -170,11 +185,16 @@ class OnnxRuntimeRunner(BaseRunner):
                 hint="this model does not take images",
             )
         shape = list(inp.shape)
-        if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        fixed = shape[1:2] if dynamic else shape[1:]  # a dynamic model's H, W: its metadata's input_range
+        if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in fixed):
             raise DensegraphError(
                 f"input {inp.name!r} has shape {shape}; densegraph feeds {_EXPECTS} with fixed C, H, W",
                 loc=where,
+                hint=f"a model with a dynamic height and width needs densegraph's {METADATA_PREPROCESS} "
+                "input_range (build it from a spec with input.size: dynamic)",
             )
+        if dynamic:
+            shape[2:] = [None, None]
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self._inputs = {inp.name: TensorMeta(inp.name, (self.fixed_batch, *shape[1:]), np.dtype(dtype))}
         if all(o.type in _LOGIT_TYPES and _rank(o.shape) == 4 and o.name != "logits" for o in outputs):

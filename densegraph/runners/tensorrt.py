@@ -52,7 +52,8 @@ class TensorRTRunner(BaseRunner):
         engine = _backend().EngineRunner(self.path, **self.options)
         beside = Path(self.path).with_suffix(".onnx")
         metadata = onnx_metadata(beside) if beside.is_file() else {}
-        c, h, w = (int(d) for d in engine.input_chw)
+        c, h, w = (int(d) for d in engine.input_chw)  # a dynamic height and width: the profile's opt
+        self.size_range = getattr(engine, "size_range", None)
         try:
             self.preprocess, self.classes = preprocess_from_metadata(metadata, (c, h, w), Loc(str(beside)))
         except BaseException:
@@ -92,7 +93,8 @@ class TensorRTRunner(BaseRunner):
         return dict(out) if isinstance(out, dict) else {self.output_names[0]: out}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Float32 logits for ``x`` ``[n, C, H, W]``: the engine runner splits and pads to its profile."""
+        """Float32 logits for ``x`` ``[n, C, H, W]``: the engine runner splits and pads to its profile (and
+        refuses a height or width outside a dynamic profile)."""
         self._check_loaded("__call__")
         self.check_classifier()
         return np.asarray(self.engine(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)

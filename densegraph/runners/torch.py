@@ -87,6 +87,8 @@ class TorchRunner(BaseRunner):
             self._spec_name = spec.path if isinstance(spec, Spec) else os.fspath(spec)
         super().__init__(self._spec_name)
         self.feature_names = [o["name"] for o in self.graph.graph.get("outputs") or ()]
+        size_range = self.graph.graph.get("input_range")  # a dynamic input: any size the spec's range allows
+        self.size_range = {k: list(v) for k, v in size_range.items()} if size_range else None
 
     @property
     def name(self) -> str:
@@ -139,6 +141,8 @@ class TorchRunner(BaseRunner):
     @property
     def input_metadata(self) -> dict[str, TensorMeta]:
         c, h, w = (int(d) for d in self.graph.graph["input_shape"])
+        if self.size_range is not None:
+            return {INPUT_NAME: TensorMeta(INPUT_NAME, (None, c, None, None), np.dtype(np.float32))}
         return {INPUT_NAME: TensorMeta(INPUT_NAME, (None, c, h, w), np.dtype(np.float32))}
 
     @property

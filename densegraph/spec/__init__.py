@@ -3,7 +3,7 @@
 A spec describes a densely connected network by its hyper-parameters (see README, "The spec format")::
 
     name: densenet121
-    input: {channels: 3, size: 224}
+    input: {channels: 3, size: 224}   # size: dynamic, or {min: 160, opt: 224, max: 640}
     growth_rate: 32          # k
     bottleneck: 4            # 1x1 width = bottleneck * k; 0 = no bottleneck
     compression: 0.5         # theta of the transitions; 1.0 = none
@@ -45,6 +45,7 @@ from .model import (
     LayerTemplate,
     Pool,
     Preprocess,
+    SizeRange,
     Spec,
     Stem,
     Transition,
@@ -60,6 +61,7 @@ __all__ = [
     "Head",
     "Connectivity",
     "Preprocess",
+    "SizeRange",
     "default_preprocess",
     "ConvStage",
     "Pool",

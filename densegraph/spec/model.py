@@ -207,6 +207,28 @@ class Head:
 
 
 @dataclass(frozen=True)
+class SizeRange:
+    """A dynamic input size (``input.size: dynamic`` or ``{min, opt, max}``, each ``(height, width)``): the
+    model takes any height and width from ``min`` to ``max``; ``opt`` is the size its costs are computed at,
+    preprocessing resizes to and TensorRT tunes for."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+    loc: Loc | None = field(default=None, compare=False)
+    locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        """``{"min": [H, W], "opt": [H, W], "max": [H, W]}`` (the form the graph and the ONNX metadata carry)."""
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+# ``input.size: dynamic``: about half to twice the default 224 input, at multiples of 32 (every stride up to 32
+# divides them, as detectors' input sizes are chosen)
+DYNAMIC_SIZE = SizeRange(min=(128, 128), opt=(224, 224), max=(448, 448))
+
+
+@dataclass(frozen=True)
 class Preprocess:
     """How an image file becomes the model's input tensor (the spec's ``preprocess:`` section).
 
@@ -266,6 +288,8 @@ class Spec:
     # module-name templates by role (NAME_ROLES); empty: torchvision's names
     names: dict[str, str] = field(default_factory=dict, hash=False)
     name_locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)
+    # a dynamic input (``input.size: dynamic`` or a range); ``input_size`` is then its ``opt`` size
+    input_range: SizeRange | None = None
 
     def loc_of(self, key: str) -> Loc:
         """Where ``key`` was written, or the spec file itself when it was defaulted."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from .._io import read_regular
 from ..errors import Loc, SpecError
 from .model import (
     ACTIVATIONS,
+    DYNAMIC_SIZE,
     HEAD_KINDS,
     LIMITS,
     STEM_KINDS,
@@ -20,6 +22,7 @@ from .model import (
     Head,
     LayerTemplate,
     Pool,
+    SizeRange,
     Spec,
     Stem,
     Transition,
@@ -268,16 +271,59 @@ def _name(top: dict[str, _Val], path: str) -> str:
     return name
 
 
-def _input(top: dict[str, _Val]) -> tuple[int, tuple[int, int]]:
-    channels, size = 3, (224, 224)
+def _input(top: dict[str, _Val]) -> tuple[int, tuple[int, int], SizeRange | None]:
+    """The input's channels, its (nominal) size and, for a dynamic input, its size range."""
+    channels, size, size_range = 3, (224, 224), None
     if "input" in top:
         inp = _mapping(top["input"], "input")
         _unknown_keys(inp, ("channels", "size"), "input")
         if "channels" in inp:
             channels = _int(inp["channels"], "input.channels", limit="channels")
         if "size" in inp:
-            size = _height_width(inp["size"], "input.size", "input height", "input width")
-    return channels, size
+            if isinstance(inp["size"].value, str | dict):
+                size_range = _size_range(inp["size"])
+                size = size_range.opt
+            else:
+                size = _height_width(inp["size"], "input.size", "input height", "input width")
+    return channels, size, size_range
+
+
+_RANGE_HINT = "size: dynamic, or a range: size: {min: [160, 160], opt: [224, 224], max: [640, 640]}"
+
+
+def _size_range(val: _Val) -> SizeRange:
+    """``dynamic`` (:data:`DYNAMIC_SIZE`) or ``{min, opt, max}``, each one integer or ``[height, width]``."""
+    if isinstance(val.value, str):
+        if val.value != "dynamic":
+            raise SpecError(
+                f"input.size must be an integer, [height, width], 'dynamic' or a range, got {val.value!r}",
+                loc=val.loc,
+                hint=_RANGE_HINT,
+            )
+        return replace(DYNAMIC_SIZE, loc=val.loc)
+    mapping = _mapping(val, "input.size")
+    _unknown_keys(mapping, ("min", "opt", "max"), "input.size")
+    for key in ("min", "opt", "max"):
+        if key not in mapping:
+            raise SpecError(f"the input.size range has no '{key}'", loc=val.loc, hint=_RANGE_HINT)
+    sizes = {
+        key: _height_width(
+            mapping[key], f"input.size.{key}", f"input.size.{key} height", f"input.size.{key} width"
+        )
+        for key in ("min", "opt", "max")
+    }
+    for i, side in enumerate(("height", "width")):
+        low, opt, high = (sizes[key][i] for key in ("min", "opt", "max"))
+        if not low <= opt <= high:
+            bad = "max" if low > high else "opt"
+            raise SpecError(
+                f"the input.size range must have min <= opt <= max; its {side}s are {low}, {opt}, {high}",
+                loc=mapping[bad].loc,
+                hint="opt is the size the model is tuned for and its costs are counted at",
+            )
+    return SizeRange(
+        sizes["min"], sizes["opt"], sizes["max"], loc=val.loc, locs={k: v.loc for k, v in mapping.items()}
+    )
 
 
 def _block_defaults(root: _Val, top: dict[str, _Val]) -> dict[str, Any]:
@@ -384,7 +430,7 @@ def _validate(root: _Val, path: str) -> Spec:
     file_loc = Loc(path)
     locs = {key: (val.key_loc or val.loc) for key, val in top.items()}
     name = _name(top, path)
-    channels, size = _input(top)
+    channels, size, size_range = _input(top)
     defaults = _block_defaults(root, top)
     activation, layer, transition = _layer(top, defaults["bottleneck"])
     names, name_locs = _names(top["names"]) if "names" in top else ({}, {})
@@ -412,4 +458,5 @@ def _validate(root: _Val, path: str) -> Spec:
         layer=layer,
         names=names,
         name_locs=name_locs,
+        input_range=size_range,
     )

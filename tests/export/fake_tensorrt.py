@@ -375,6 +375,21 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
             if dynamic and len(config.profiles) != 1:
                 self.logger.log(severity.ERROR, "a dynamic input needs exactly one optimization profile")
                 return None
+            for profile in config.profiles if dynamic else []:
+                for t in network._inputs:  # static dims fixed, dynamic ones min <= opt <= max, all > 0
+                    shapes = profile.shapes.get(t.name)
+                    if shapes is None or any(len(s) != len(t.shape) for s in shapes):
+                        self.logger.log(
+                            severity.ERROR, f"the profile has no {len(t.shape)}-d shape of {t.name}"
+                        )
+                        return None
+                    for i, d in enumerate(t.shape):
+                        lo, opt, hi = (s[i] for s in shapes)
+                        if (d > 0 and {lo, opt, hi} != {d}) or not 0 < lo <= opt <= hi:
+                            self.logger.log(
+                                severity.ERROR, f"profile dimension {i} of {t.name}: {lo}/{opt}/{hi}"
+                            )
+                            return None
             for profile in [] if dynamic else config.profiles:  # a static input's profile is its shape
                 for t in network._inputs:
                     if set(profile.shapes.get(t.name, (t.shape,))) != {t.shape}:
@@ -471,8 +486,11 @@ def make_fake_tensorrt(flavor: str) -> types.ModuleType:
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
             if name in self.shapes:
                 return self.shapes[name]
+            declared = self.engine.tensors[name][1]
+            if self.shapes and any(d < 0 for d in declared[1:]):  # a dynamic height and width
+                return _inferred_shape(self.engine.onnx, self.shapes, name)
             batch = next(iter(self.shapes.values()))[0] if self.shapes else -1
-            return tuple(batch if d < 0 else d for d in self.engine.tensors[name][1])
+            return tuple(batch if d < 0 else d for d in declared)
 
         def set_tensor_address(self, name: str, memory: int) -> bool:
             record("IExecutionContext.set_tensor_address", name)
@@ -616,6 +634,24 @@ def _run_onnx(path: str, in_name: str, x: np.ndarray, int8_scales: dict[str, flo
         _fp16_to_fp32(model.graph)
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {in_name: x})
+
+
+def _inferred_shape(path: str, inputs: dict[str, tuple[int, ...]], name: str) -> tuple[int, ...]:
+    """An output's shape for the set input shapes, as TensorRT resolves it: ONNX shape inference on the model
+    with those input shapes fixed (-1 where it cannot tell)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    for value in model.graph.input:
+        if value.name in inputs:
+            for dim, size in zip(value.type.tensor_type.shape.dim, inputs[value.name], strict=True):
+                dim.ClearField("dim_param")
+                dim.dim_value = size
+    for value in model.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    (out,) = [v for v in inferred.graph.output if v.name == name]
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in out.type.tensor_type.shape.dim)
 
 
 def round_to_int8(model: Any, scales: dict[str, float]) -> Any:

@@ -3,7 +3,9 @@ could go wrong (NVIDIA's samples/common/sampleOptions.cpp and sampleEngines.cpp)
 
 - an option the release does not have is refused ("Unknown option"): ``--stronglyTyped`` on 8.6, ``--fp16``
   and ``--int8`` on 11.x (removed with weak typing);
-- explicit shapes (``--minShapes/--optShapes/--maxShapes``) on an ONNX whose input is static are refused;
+- explicit shapes (``--minShapes/--optShapes/--maxShapes``) on an ONNX whose input is static are refused; on a
+  dynamic one, the three must be given, agree with its static dimensions and have min <= opt <= max (the real
+  one overrides missing dynamic dimensions to 1, which a network that downsamples cannot take);
 - ``--calib`` (8.6 and 10.x only) is taken only with ``--int8``, and its cache must be made for this
   TensorRT (header ``TRT-<NV_TENSORRT_VERSION>-EntropyCalibration2``, the number the banner prints): the real
   one skips another version's cache and calibrates on random data (or fails, NVIDIA/Deep-Learning-Accelerator-SW
@@ -58,6 +60,47 @@ def _static_input(onnx_path: str) -> bool:
     return all(d.HasField("dim_value") for d in first.type.tensor_type.shape.dim)
 
 
+def _input_dims(onnx_path: str) -> list[int]:
+    """The first input's dims, -1 where symbolic."""
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    init = {t.name for t in graph.initializer}
+    (first,) = [v for v in graph.input if v.name not in init][:1]
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in first.type.tensor_type.shape.dim]
+
+
+def _check_shapes(onnx_path: str, values: dict[str, str]) -> int:
+    """A dynamic input's --minShapes/--optShapes/--maxShapes as the real trtexec takes them; 0 when fine.
+
+    Without any, the real one overrides every dynamic dimension to 1: a dynamic batch builds, a dynamic height
+    or width (a network that downsamples cannot take 1x1) is refused here. Given shapes must agree with the
+    static dimensions, and with all three given, min <= opt <= max."""
+    dims = _input_dims(onnx_path)
+    given = {flag: values[flag] for flag in SHAPES if flag in values}
+    if not given:
+        if any(d < 0 for d in dims[1:]):
+            print(
+                f"[E] Dynamic dimensions required for input {dims}: no shapes given, overridden to 1",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    shapes = {flag: [int(d) for d in g.rsplit(":", 1)[1].split("x")] for flag, g in given.items()}
+    if any(len(s) != len(dims) for s in shapes.values()):
+        print(f"[E] shapes {shapes} do not match the input's rank {len(dims)}", file=sys.stderr)
+        return 1
+    for i, d in enumerate(dims):
+        column = [s[i] for s in shapes.values()]
+        if (d > 0 and set(column) != {d}) or min(column) <= 0:
+            print(f"[E] shape dimension {i}: {column} for {d}", file=sys.stderr)
+            return 1
+        if len(column) == 3 and not column[0] <= column[1] <= column[2]:
+            print(f"[E] optimization profile dimension {i}: {column}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _qdq_nodes(onnx_path: str) -> list[str]:
     import onnx
 
@@ -110,6 +153,8 @@ def main(flavor: str, args: list[str], log: str | None) -> int:
             "determined by the model itself",
             file=sys.stderr,
         )
+        return 1
+    if onnx and not _static_input(onnx) and _check_shapes(onnx, values):
         return 1
     if log:
         Path(log).write_text("\n".join(args) + "\n")

@@ -97,12 +97,12 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, plan: Precision
 def _config(
     trt: Any, builder: Any, options: EngineOptions, plan: PrecisionPlan, calibration_cache: bytes | None
 ) -> Any:
-    """The builder config: workspace, profile (dynamic batch only), precision flags and the calibration cache
+    """The builder config: workspace, profile (dynamic batch or size only), precision flags and the calibration cache
     of implicit int8, DLA, compatibility."""
     config = builder.create_builder_config()
     if options.workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
-    if not options.static_batch:  # a static model has its one shape; TensorRT needs no profile for it
+    if options.needs_profile:  # a static model has its one shape; TensorRT needs no profile for it
         profile = builder.create_optimization_profile()
         shape_min, shape_opt, shape_max = options.profile_shapes()
         profile.set_shape(options.input_name, shape_min, shape_opt, shape_max)
@@ -243,7 +243,7 @@ def _sidecar(
 ) -> dict[str, Any]:
     found = trt_api.features(trt)
     profiles = []
-    if not options.static_batch:
+    if options.needs_profile:
         shape_min, shape_opt, shape_max = options.profile_shapes()
         profiles.append(
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ from ..._io import file_sha256
 from ...errors import DensegraphError
 
 __all__ = ["OnnxInfo", "inspect_onnx"]
+
+_PREPROCESS_KEY = "densegraph.preprocess"  # the metadata that carries a dynamic input's input_range
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class OnnxInfo:
     asymmetric_qdq: tuple[str, ...] = ()  # Q/DQ nodes with a uint8 or non-zero zero point
     batch_tile: int | None = None  # a CPU build's scan over batch tiles (passes.tile_batch), TensorRT-less
     opset: int | None = None  # of the default ("" / ai.onnx) domain
+    # a dynamic height and width: the (min, opt, max) (H, W) of densegraph's input_range metadata
+    size_range: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
 
     @property
     def typed(self) -> bool:
@@ -41,7 +46,10 @@ class OnnxInfo:
 
     @property
     def chw(self) -> tuple[int, int, int]:
+        """C, H, W of the input (a dynamic height and width: the ``opt`` size)."""
         c, h, w = self.input_shape[1:]
+        if self.size_range is not None:
+            h, w = self.size_range[1]
         assert isinstance(c, int) and isinstance(h, int) and isinstance(w, int)
         return c, h, w
 
@@ -82,9 +90,14 @@ def inspect_onnx(onnx_path: str | os.PathLike[str]) -> OnnxInfo:
     dims: list[int | str] = []
     for d in tensor_type.shape.dim:
         dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
-    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+    size_range = _size_range(model, path)
+    fixed = dims[1:2] if size_range is not None else dims[1:]
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in fixed):
         raise DensegraphError(
-            f"input {inputs[0].name!r} must be [N, C, H, W] with static C, H, W; it is {dims}", path=str(path)
+            f"input {inputs[0].name!r} must be [N, C, H, W] with static C, H, W; it is {dims}",
+            path=str(path),
+            hint="a dynamic height and width needs densegraph's input_range metadata "
+            "(build the ONNX from a spec with input.size: dynamic)",
         )
     opsets = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     return OnnxInfo(
@@ -99,7 +112,25 @@ def inspect_onnx(onnx_path: str | os.PathLike[str]) -> OnnxInfo:
         asymmetric_qdq=_asymmetric_qdq(graph),
         batch_tile=tile,
         opset=opsets[0] if opsets else None,
+        size_range=size_range,
     )
+
+
+def _size_range(model: Any, path: Path) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """The ``input_range`` of the model's ``densegraph.preprocess`` metadata, checked; None when it has none."""
+    from ...errors import Loc
+    from ...transforms import size_range_of
+
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        record = json.loads(props.get(_PREPROCESS_KEY, "{}"))
+    except json.JSONDecodeError:
+        return None
+    found = size_range_of(record, Loc(str(path))) if isinstance(record, dict) else None
+    if found is None:
+        return None
+    (lh, lw), (oh, ow), (hh, hw) = (found[k] for k in ("min", "opt", "max"))
+    return (lh, lw), (oh, ow), (hh, hw)
 
 
 def _has_fp16(graph: Any) -> bool:

@@ -28,6 +28,8 @@ class EngineOptions:
     input_name: str = "images"
     input_chw: tuple[int, int, int] | None = None
     static_batch: bool = False  # the ONNX fixes the batch: no optimization profile, no explicit shapes
+    # a dynamic height and width (from the ONNX's input_range): the profile's (min, opt, max) (H, W)
+    input_hw: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -62,7 +64,18 @@ class EngineOptions:
                 path=info.path,
                 hint=f"export with a dynamic batch, or pass --batch-range {static}:{static}:{static}",
             )
-        return replace(self, input_name=info.input_name, input_chw=info.chw, static_batch=static is not None)
+        return replace(
+            self,
+            input_name=info.input_name,
+            input_chw=info.chw,
+            static_batch=static is not None,
+            input_hw=info.size_range,
+        )
+
+    @property
+    def needs_profile(self) -> bool:
+        """Whether the input has a dynamic axis (batch, or height and width), so an optimization profile."""
+        return not self.static_batch or self.input_hw is not None
 
     def profile_batches(self) -> tuple[int, int, int]:
         """(min, opt, max) batch of the optimization profile; DLA needs static shapes, at the opt batch."""
@@ -70,12 +83,25 @@ class EngineOptions:
             return (self.batch[1],) * 3
         return self.batch
 
+    def profile_sizes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(min, opt, max) (H, W) of the profile: the ONNX's size range (DLA: static, its opt size), else the
+        fixed size three times."""
+        if self.input_chw is None:
+            raise ValueError("input_chw is unknown: call with_onnx() first")
+        if self.input_hw is None:
+            return ((self.input_chw[1], self.input_chw[2]),) * 3
+        if self.dla_core is not None:
+            return (self.input_hw[1],) * 3
+        return self.input_hw
+
     def profile_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """The (min, opt, max) NCHW shapes of the input."""
         if self.input_chw is None:
             raise ValueError("input_chw is unknown: call with_onnx() first")
-        lo, opt, hi = self.profile_batches()
-        return (lo, *self.input_chw), (opt, *self.input_chw), (hi, *self.input_chw)
+        c = self.input_chw[0]
+        batches, sizes = self.profile_batches(), self.profile_sizes()
+        lo, opt, hi = ((n, c, *hw) for n, hw in zip(batches, sizes, strict=True))
+        return lo, opt, hi
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,16 @@ def _report_trtexec(
 
 
 def _verification_inputs(options: EngineOptions, info: OnnxInfo) -> list[np.ndarray]:
+    """Random batches at each batch of the profile; a dynamic height and width adds batch 1 at the profile's
+    min and max sizes (the batches run at the opt size)."""
     lo, opt, hi = options.profile_batches()
     rng = np.random.default_rng(0)
-    return [rng.standard_normal((n, *info.chw), dtype=np.float32) for n in sorted({lo, opt, hi})]
+    shapes = [(n, *info.chw) for n in sorted({lo, opt, hi})]
+    if options.input_hw is not None:
+        c = info.chw[0]
+        low, _, high = options.profile_sizes()
+        shapes = list(dict.fromkeys([(lo, c, *low), *shapes, (lo, c, *high)]))
+    return [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
 
 
 def build_engine(

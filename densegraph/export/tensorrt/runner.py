@@ -22,6 +22,7 @@ import numpy as np
 
 from ..._io import check_regular
 from ...errors import DensegraphError
+from ...transforms import refuse_outside_range
 from . import cuda, trt_api
 from .sidecar import check_engine_compat, read_sidecar, sidecar_path
 from .trt_api import SCRIPT_NAME
@@ -81,6 +82,8 @@ def _dims(shape: Any) -> list[int]:
 
 class EngineRunner:
     """Runs a serialized engine on numpy or torch batches of ``[N, C, H, W]``; returns logits.
+
+    An engine with a dynamic height and width takes any H, W within its profile (``size_range``), set per call.
 
     numpy in -> numpy out; a torch CPU tensor in -> a torch CPU tensor out; a torch CUDA tensor in -> a torch
     CUDA tensor out, without a copy unless its address is not 256-byte aligned. Batches larger than the
@@ -175,12 +178,16 @@ class EngineRunner:
                 f"{len(self.outputs)}",
                 path=str(self.path),
             )
-        batch = self.inputs[0].shape[0]
-        if batch > 0:  # a static-batch engine has no profile to ask
-            self.batch_range = (batch, batch)
-        else:
-            shape_min, _, shape_max = (_dims(s) for s in engine.get_tensor_profile_shape(self.input_name, 0))
-            self.batch_range = (shape_min[0], shape_max[0])
+        shape = self.inputs[0].shape
+        # a dynamic height and width: {"min", "opt", "max"} -> [H, W] from the profile; None for a fixed size
+        self.size_range: dict[str, list[int]] | None = None
+        if all(d > 0 for d in shape):  # a static engine has no profile to ask
+            self.batch_range = (shape[0], shape[0])
+            return
+        profile = [_dims(s) for s in engine.get_tensor_profile_shape(self.input_name, 0)]
+        self.batch_range = (profile[0][0], profile[2][0])
+        if len(shape) == 4 and (shape[2] < 0 or shape[3] < 0):
+            self.size_range = {key: p[2:] for key, p in zip(("min", "opt", "max"), profile, strict=True)}
 
     @property
     def device(self) -> str:
@@ -193,6 +200,9 @@ class EngineRunner:
 
     @property
     def input_chw(self) -> tuple[int, ...]:
+        """C, H, W of the input (a dynamic height and width: the profile's opt size)."""
+        if self.size_range is not None:
+            return (self.inputs[0].shape[1], *self.size_range["opt"])
         return self.inputs[0].shape[1:]
 
     @property
@@ -364,10 +374,11 @@ class EngineRunner:
         if device is None and not torch_cpu:
             x = np.asarray(x)
         shape = tuple(int(d) for d in x.shape)
-        if len(shape) != 4 or any(e > 0 and d != e for d, e in zip(shape[1:], self.input_chw, strict=True)):
-            raise DensegraphError(
-                f"expected input [N, {', '.join(map(str, self.input_chw))}], got {list(shape)}"
-            )
+        expected = self.inputs[0].shape[1:]
+        if len(shape) != 4 or any(e > 0 and d != e for d, e in zip(shape[1:], expected, strict=True)):
+            wanted = ", ".join(str(d) if d > 0 else "?HW"[i] for i, d in enumerate(expected))
+            raise DensegraphError(f"expected input [N, {wanted}], got {list(shape)}")
+        refuse_outside_range(self.size_range, shape, f"{self.path.name} (TensorRT)")
         if shape[0] == 0:
             raise DensegraphError("empty batch")
         if device is not None:

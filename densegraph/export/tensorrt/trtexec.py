@@ -1,8 +1,10 @@
 """The trtexec command line of a build, and ``build_engine.sh``, which rebuilds the engine on the device.
 
 trtexec differs by release: 8.6 has ``--fp16``/``--int8`` but no ``--stronglyTyped``; 10.x has both; 11.x only
-``--stronglyTyped``. A static-batch ONNX takes no ``--minShapes/--optShapes/--maxShapes`` (trtexec refuses
-explicit shapes on a static model). The script picks its branch by testing ``trtexec --help`` for those flags.
+``--stronglyTyped``. A static ONNX takes no ``--minShapes/--optShapes/--maxShapes`` (trtexec refuses
+explicit shapes on a static model); a dynamic height and width (the ONNX's ``input_range``) is in them with
+the batch: ``--minShapes=images:1x3x128x128``. The script picks its branch by testing ``trtexec --help`` for
+those flags.
 An int8 DLA build on 8.6/10.x is implicit quantization (``options.precision_plan``): the branch builds the
 float graph ``<stem>.noqdq.onnx`` with ``--int8 --fp16 --calib=<stem>.calib.cache`` and first writes into the
 cache's header the TensorRT version trtexec prints (``[TensorRT v100300]``), since TensorRT skips a cache
@@ -53,7 +55,7 @@ def _trtexec_args(
         float_graph, calibration = implicit_int8_paths(onnx, Path(onnx).parent)
         onnx = str(float_graph)
     args = [f"--onnx={onnx}", f"--saveEngine={engine}"]
-    if not options.static_batch:
+    if options.needs_profile:
         shape_min, shape_opt, shape_max = options.profile_shapes()
         args += [
             f"--minShapes={_shape_arg(options.input_name, shape_min)}",
@@ -242,6 +244,8 @@ def write_build_script(
     extra = f", DLA core {options.dla_core}" if dla else ""
     extra += ", hardware-compatible (ampere+)" if options.hardware_compat else ""
     lo, opt, hi = options.profile_batches()
+    if options.input_hw is not None:
+        extra += ", size " + ":".join(f"{h}x{w}" for h, w in options.profile_sizes())
     text = _SCRIPT.format(
         engine=engine_name,
         onnx=onnx_name,

@@ -121,7 +121,7 @@ def verify_engine(
     reference_runner, reference = _reference_runner(Path(onnx_path), precision)
     refs: dict[str, list[np.ndarray]] = {}
     gots: dict[str, list[np.ndarray]] = {}
-    batches = []
+    batches, sizes = [], []
     with reference_runner:
         names = reference_runner.output_names
         features = bool(reference_runner.feature_names)
@@ -137,6 +137,23 @@ def verify_engine(
                 refs.setdefault(name, []).append(ref[name])
                 gots.setdefault(name, []).append(got[name])
             batches.append(len(x))
+            sizes.append([int(d) for d in x.shape[2:]])
+    result = _verdict(precision, refs, gots, batches, reference, features=features)
+    if len({tuple(s) for s in sizes}) > 1:  # a dynamic height and width: the size of each batch
+        result["sizes"] = sizes
+    return result
+
+
+def _verdict(
+    precision: str,
+    refs: dict[str, list[np.ndarray]],
+    gots: dict[str, list[np.ndarray]],
+    batches: list[int],
+    reference: str,
+    *,
+    features: bool,
+) -> dict[str, Any]:
+    """The result of one output, or of a backbone's outputs: the worst map's, with each map's."""
     if not features:
         (name,) = refs
         return _judge(precision, refs[name], gots[name], batches, reference)
