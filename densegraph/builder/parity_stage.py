@@ -60,8 +60,9 @@ def parity_text(graph: nx.DiGraph) -> str:
     return "batch " + ", ".join(f"{n} at {h}x{w}" for n, _, h, w in shapes)
 
 
-def with_sizes(record: dict | str, inputs: list[np.ndarray], graph: nx.DiGraph) -> dict | str:
-    """A dynamic model's parity record with the ``sizes`` ([H, W] per input batch) it was checked at."""
+def with_sizes(record: Any, inputs: list[np.ndarray], graph: nx.DiGraph) -> Any:
+    """A dynamic model's parity record (a dict; a string says why it was not verified) with the ``sizes``
+    ([H, W] per input batch) it was checked at; returns the record."""
     if isinstance(record, dict) and graph.graph.get("input_range"):
         record["sizes"] = [[int(d) for d in x.shape[2:]] for x in inputs]
     return record
