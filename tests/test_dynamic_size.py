@@ -176,7 +176,23 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out[precision] = build(DIGITS, output=root / precision, precision=precision, **calib).output
     out["again"] = build(DIGITS, output=root / "again").output
     out["backbone"] = build(BACKBONE, output=root / "backbone", precision="fp16").output
+    images = _image_folder(root / "images")
+    out["backbone-int8"] = build(
+        BACKBONE, output=root / "backbone-int8", precision="int8", calib=str(images)
+    ).output
     return out
+
+
+def _image_folder(root: Path) -> Path:
+    """Two classes of 12 random 48x40 RGB images: a calibration source the build can resize to any size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
 
 
 def test_build_gates_every_precision_at_min_opt_and_max(builds: dict[str, Path]) -> None:
@@ -193,6 +209,19 @@ def test_build_gates_every_precision_at_min_opt_and_max(builds: dict[str, Path])
     assert sorted(at) == ["24x20", "8x8"] and all(r["passed"] and r["samples"] > 0 for r in at.values())
     backbone = json.loads((builds["backbone"] / "manifest.json").read_text())
     assert backbone["parity"]["fp16"]["sizes"] == [[16, 16], [32, 32], [32, 32], [64, 48]]
+
+
+def test_int8_backbone_keeps_its_symbolic_maps_and_is_gated_at_each_size(builds: dict[str, Path]) -> None:
+    manifest = json.loads((builds["backbone-int8"] / "manifest.json").read_text())
+    at = manifest["parity"]["int8"]["sizes"]
+    assert sorted(at) == ["16x16", "64x48"]
+    assert all(r["passed"] and sorted(r["outputs"]) == ["block2", "block3"] for r in at.values())
+    model = onnx.load(builds["backbone-int8"] / "model.onnx")
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output]
+    assert dims == [
+        ["batch", 16, "block2_height", "block2_width"],
+        ["batch", 16, "block3_height", "block3_width"],
+    ]
 
 
 def test_build_is_byte_reproducible_and_says_its_range(builds: dict[str, Path]) -> None:

@@ -65,6 +65,7 @@ def int8_model(
     with _root_logger_silenced():
         done = quantize_onnx(fp32_path, path, calib.x, form=form)
     model = onnx.load(os.fspath(path))
+    _keep_symbolic_dims(fp32, model)
     stamp(model, fp32.graph.name, fp32.doc_string)  # the quantizer names itself the producer
     set_metadata(model, metadata)
     model = check_onnx(model)
@@ -100,6 +101,22 @@ def _onnx_outputs(path: Path, x: np.ndarray, batch_size: int = 64) -> dict[str, 
     with OnnxRuntimeRunner(path) as runner:
         pieces = [runner.outputs(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+
+
+def _keep_symbolic_dims(fp32: Any, int8: Any) -> None:
+    """Give the int8 model's inputs and outputs the fp32 model's symbolic dimension names where the quantizer's
+    shape inference renamed them (a dynamic input's ``height`` -> ``floor(height/2)`` on a feature map); a
+    fixed dimension, a rank or a type that differs is left for :func:`_check_outputs_kept` to refuse."""
+    for before, after in ((fp32.graph.input, int8.graph.input), (fp32.graph.output, int8.graph.output)):
+        declared = {v.name: v.type.tensor_type for v in before}
+        for value in after:
+            want = declared.get(value.name)
+            got = value.type.tensor_type
+            if want is None or want.elem_type != got.elem_type or len(want.shape.dim) != len(got.shape.dim):
+                continue
+            for d_want, d_got in zip(want.shape.dim, got.shape.dim, strict=True):
+                if d_want.HasField("dim_param") and not d_got.HasField("dim_value"):
+                    d_got.dim_param = d_want.dim_param
 
 
 def _check_outputs_kept(fp32: Any, int8: Any) -> None:

@@ -50,10 +50,16 @@ def _parity_line(precision: str, parity: dict[str, Any]) -> str:
         int8 = parity["int8"]
         if "outputs" in int8:  # a backbone: each feature map's SQNR
             maps = ", ".join(f"{name} {o['sqnr_db']:.1f}" for name, o in int8["outputs"].items())
-            return line + f"; int8 feature map SQNR {maps} dB"
-        line += f"; int8 logits SQNR {int8['sqnr_db']:.1f} dB, top-1 agreement {int8['top1_agreement']:.1%}"
+            line += f"; int8 feature map SQNR {maps} dB"
+        else:
+            line += (
+                f"; int8 logits SQNR {int8['sqnr_db']:.1f} dB, top-1 agreement {int8['top1_agreement']:.1%}"
+            )
         if "top1_int8" in int8:
             line += f" (top-1 fp32 {int8['top1_fp32']:.1%}, int8 {int8['top1_int8']:.1%})"
         for size, at in int8.get("sizes", {}).items():  # a dynamic input's min and max sizes
-            line += f"; at {size} {at['sqnr_db']:.1f} dB" if isinstance(at, dict) else f"; at {size} {at}"
+            worst = "worst map " if isinstance(at, dict) and "outputs" in at else ""
+            line += (
+                f"; at {size} {worst}{at['sqnr_db']:.1f} dB" if isinstance(at, dict) else f"; at {size} {at}"
+            )
     return line
