@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from fake_tensorrt import PLAN_MAGIC, make_tiny_onnx
-from trt_support import FAKE_GPU, build, install_fake, leftovers, model
+from trt_support import FAKE_GPU, build, gpu_reason, install_fake, leftovers, model
 
 import densegraph.export.tensorrt as trt_backend
 from densegraph.errors import BuildError, DensegraphError, OutputError
@@ -789,17 +789,7 @@ def test_engine_command_infers_the_precision_from_the_onnx(tmp_path: Path, trt: 
 # real engines: only where TensorRT and a CUDA GPU exist
 
 
-def _gpu_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
-    try:
-        import tensorrt  # noqa: F401
-    except (ImportError, OSError) as exc:
-        return f"needs the tensorrt package (pip install 'densegraph[gpu]'): {exc}"
-    return None
-
-
-GPU_REASON = _gpu_reason()
+GPU_REASON = gpu_reason()
 gpu = pytest.mark.skipif(GPU_REASON is not None, reason=GPU_REASON or "")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fake_trtexec import write_fake_trtexec
+from trt_support import gpu_reason
 
 from densegraph import build
 from densegraph.errors import DensegraphError
@@ -212,21 +213,9 @@ def test_tensorrt_target_builds_a_dynamic_engine_through_the_fake(
     assert sidecar["strongly_typed"] is (precision != "fp32")
 
 
-def _gpu_reason() -> str | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
-    try:
-        import tensorrt  # noqa: F401
-    except (ImportError, OSError) as exc:
-        return f"needs the tensorrt package (pip install 'densegraph[gpu]'): {exc}"
-    return None
-
-
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-@pytest.mark.skipif(_gpu_reason() is not None, reason=_gpu_reason() or "")
+@pytest.mark.skipif(gpu_reason() is not None, reason=gpu_reason() or "")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_real_dynamic_engine(tmp_path: Path, precision: str) -> None:
     """The same build on a real TensorRT: one profile over batch, height and width, verified at min/opt/max."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from fake_tensorrt import PLAN_MAGIC
-from trt_support import install_fake
+from trt_support import gpu_reason, install_fake
 
 import densegraph
 from densegraph.errors import BuildError
@@ -173,17 +173,7 @@ def test_dla_int8_engine_of_a_backbone_verifies_every_map(
 # real engines: only where TensorRT and a CUDA GPU exist
 
 
-def _gpu_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
-    try:
-        import tensorrt  # noqa: F401
-    except (ImportError, OSError) as exc:
-        return f"needs the tensorrt package (pip install 'densegraph[gpu]'): {exc}"
-    return None
-
-
-GPU_REASON = _gpu_reason()
+GPU_REASON = gpu_reason()
 
 
 @pytest.mark.gpu

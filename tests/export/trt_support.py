@@ -4,6 +4,7 @@ cuda-python (fake_cuda.py) in ``sys.modules``; tiny models and builds."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,20 @@ class NoTorch(MetaPathFinder):
 
 sys.meta_path.insert(0, NoTorch())
 """
+
+
+@functools.cache
+def gpu_reason() -> str | None:
+    """Why real engines cannot be built here (no CUDA GPU, no tensorrt package); None where they can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError) as exc:
+        return f"needs the tensorrt package (pip install 'densegraph[gpu]'): {exc}"
+    return None
 
 
 def install_fake(monkeypatch: pytest.MonkeyPatch, flavor: str, gpu: dict[str, Any] | None = None) -> Any:
