@@ -89,11 +89,11 @@ def test_verify_outputs_waits_for_a_future_reference(tmp_path: Path) -> None:
     inputs = [np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 1, 2, 2)]
     good: Future[list[np.ndarray]] = Future()
     good.set_result([np.maximum(inputs[0], 0).reshape(2, 4)])
-    assert verify_outputs(tmp_path / "m.onnx", inputs, good, "fp32", outputs=1)["passed"]
+    assert verify_outputs(tmp_path / "m.onnx", inputs, good, "fp32", threads=1)["passed"]
     bad: Future[list[np.ndarray]] = Future()
     bad.set_result([inputs[0].reshape(2, 4)])
     with pytest.raises(BuildError):
-        verify_outputs(tmp_path / "m.onnx", inputs, bad, "fp32", outputs=1)
+        verify_outputs(tmp_path / "m.onnx", inputs, bad, "fp32", threads=1)
     failed: Future[list[np.ndarray]] = Future()
     failed.set_exception(BuildError("the PyTorch model's outputs are not finite"))
     with pytest.raises(BuildError, match="not finite"):

@@ -1,5 +1,5 @@
-"""The parity gates of the ONNX models: the unrewritten PyTorch module's logits as the reference, and the fp16
-model converted and checked against them (the fp32 check runs in :func:`.pipeline.build_model`)."""
+"""The parity gates of the ONNX models: the unrewritten PyTorch module's outputs as the reference, the fp32
+model checked against them (:func:`fp32_parity`), and the fp16 model converted and checked the same way."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ __all__ = [
     "parity_shapes",
     "parity_text",
     "with_sizes",
-    "torch_references",
     "start_torch_references",
     "fp32_parity",
     "fp16_model",
@@ -72,17 +71,12 @@ def _parity_inputs(graph: nx.DiGraph) -> list[np.ndarray]:
     return [x for shape in parity_shapes(graph) for x in parity_inputs(shape[1:], shape[:1])]
 
 
-def torch_references(module: nn.Module, graph: nx.DiGraph, options: BuildOptions) -> tuple[list, list]:
-    """The parity inputs (:func:`parity_shapes`) and the unrewritten eval module's outputs on them."""
-    inputs = _parity_inputs(graph)
-    return inputs, _module_outputs(module, inputs, options)
-
-
 def start_torch_references(
     module: nn.Module, graph: nx.DiGraph, options: BuildOptions
 ) -> tuple[list, Future[list]]:
-    """:func:`torch_references` with the outputs as a future, computed in a thread: PyTorch runs the reference
-    (one thread, the GIL released in its kernels) while onnxruntime loads and runs the model beside it."""
+    """The parity inputs (:func:`parity_shapes`) and the unrewritten eval module's outputs on them as a future,
+    computed in a thread: PyTorch runs the reference (one thread, the GIL released in its kernels) while
+    onnxruntime loads and runs the model beside it."""
     inputs = _parity_inputs(graph)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="densegraph-reference")
     try:
@@ -92,13 +86,13 @@ def start_torch_references(
 
 
 def fp32_parity(
-    module: nn.Module, graph: nx.DiGraph, options: BuildOptions, path: Path, outputs: int
+    module: nn.Module, graph: nx.DiGraph, options: BuildOptions, path: Path
 ) -> tuple[list, list, dict]:
     """The fp32 gate: the model at ``path`` in onnxruntime against the module; returns the inputs, the
     references (for the fp16/int8 gates) and the parity record (a dynamic input's with its ``sizes``)."""
     inputs, reference = start_torch_references(module, graph, options)
     # onnxruntime on one thread too: the reference holds the other core meanwhile.
-    parity = verify_outputs(path, inputs, reference, "fp32", outputs=outputs, threads=1)
+    parity = verify_outputs(path, inputs, reference, "fp32", threads=1)
     return inputs, reference.result(), with_sizes(parity, inputs, graph)
 
 

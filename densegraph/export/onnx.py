@@ -254,19 +254,13 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def ort_session(
-    model: str | os.PathLike[str] | bytes,
-    providers: Sequence[str] | None = None,
-    *,
-    threads: int | None = None,
+    model: str | os.PathLike[str] | bytes, providers: Sequence[str] | None = None
 ) -> onnxruntime.InferenceSession:
-    """An onnxruntime session on ``model`` (a path or serialized bytes); the CPU unless ``providers`` says;
-    ``threads``: intra-op threads (None: onnxruntime's default)."""
+    """An onnxruntime session on ``model`` (a path or serialized bytes); the CPU unless ``providers`` says."""
     ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no provider chatter on the terminal
-    if threads is not None:
-        options.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else os.fspath(model)
     return ort.InferenceSession(source, options, providers=list(providers or ["CPUExecutionProvider"]))
 
@@ -299,23 +293,17 @@ def verify_outputs(
     references: Sequence[np.ndarray] | Future[list[np.ndarray]],
     precision: str,
     *,
-    outputs: int | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` (a path, bytes or an :class:`~densegraph.runners.OnnxRuntimeRunner`, loaded or not) in
     onnxruntime on the CPU on ``inputs`` and hold it to the ``precision``'s bar against ``references``
     (:func:`densegraph.parity.check_outputs`); raises :class:`BuildError` when it misses (fp32: abs error,
-    fp16: relative error). ``references`` may be a future, waited for once onnxruntime has run; ``outputs``
-    is the model's output count when the caller knows it (else read from the model); ``threads``: onnxruntime's
-    intra-op threads (None: its default)."""
+    fp16: relative error). ``references`` may be a future, waited for once onnxruntime has run; ``threads``:
+    onnxruntime's intra-op threads (None: its default)."""
     from ..runners.onnxruntime import OnnxRuntimeRunner
 
     if isinstance(model, OnnxRuntimeRunner):  # the caller's runner: loaded here if need be, released by them
         got = _run_every_output(model.load(), inputs)
-    elif (outputs if outputs is not None else _output_count(model)) > 1:  # a features head: every named map
-        session = ort_session(model, threads=threads)
-        name = session.get_inputs()[0].name
-        got = [np.asarray(flat_outputs(session.run(None, {name: x})), dtype=np.float32) for x in inputs]
     else:
         with OnnxRuntimeRunner(model, threads=threads) as runner:
             got = _run_every_output(runner, inputs)
@@ -329,15 +317,6 @@ def _run_every_output(runner: BaseRunner, inputs: Sequence[np.ndarray]) -> list[
     if runner.feature_names:
         return [flat_outputs(list(runner.outputs(x).values())) for x in inputs]
     return [runner(x) for x in inputs]
-
-
-def _output_count(model: str | os.PathLike[str] | bytes) -> int:
-    """How many outputs a serialized model has (several: a backbone's maps, read in one session here)."""
-    import onnx
-
-    if isinstance(model, bytes):
-        return len(onnx.load_from_string(model).graph.output)
-    return len(onnx.load(os.fspath(model), load_external_data=False).graph.output)
 
 
 def verify_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
