@@ -438,6 +438,8 @@ def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[st
         str(tmp_path / "calib.npy"),
         "--calib-samples",
         "8",
+        "--calib-batch",
+        "3",
         "--batch-tile",
         "3",
         "-o",
@@ -449,6 +451,7 @@ def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[st
     int8 = manifest["parity"]["int8"]
     assert int8["passed"] and int8["samples"] == 8 and "top1_int8" not in int8
     assert manifest["calibration"]["split"] is None and manifest["calibration"]["calibration"]["samples"] == 8
+    assert manifest["calibration"]["calibration"]["batch_size"] == 3  # --calib-batch reached the calibrator
     assert manifest["inputs"][0]["dtype"] == "float32"
     # tiled after quantization and scoring: the int8 graph runs inside the scan, checked against itself untiled
     assert manifest["batch_tile"] == 3 and manifest["model"]["ops"]["Scan"] == 1
@@ -610,6 +613,10 @@ def test_refuses_to_replace_a_folder_that_is_no_build(
         (
             ["--calib-samples", "0", "--precision", "int8", "--calib", "digits"],
             "--calib-samples must be positive",
+        ),
+        (
+            ["--calib-batch", "0", "--precision", "int8", "--calib", "digits"],
+            "--calib-batch must be positive",
         ),
         (["--batch-tile", "2", "--target", "tensorrt"], "--batch-tile 2 does not go with --target tensorrt"),
         (["--batch-tile", "2", "--plain"], "--batch-tile 2 does not go with --plain"),

@@ -27,7 +27,8 @@ class BuildOptions:
     ``output``: the build folder (default ``build/<name>``). ``weights``: a state_dict or checkpoint
     (torchvision's keys accepted); without it the model is initialised from ``seed``. ``precision``: fp32,
     fp16 (fp16 compute, fp32 ``images``/``logits``) or int8 (needs ``calib``: ``digits``, an image folder or an
-    ``.npy``; ``calib_samples`` of it). ``target``: ``onnx``, or ``tensorrt`` for an engine too (with
+    ``.npy``; ``calib_samples`` of it, run through the calibrator ``calib_batch`` at a time: peak memory grows
+    with it, the MinMax ranges do not depend on it). ``target``: ``onnx``, or ``tensorrt`` for an engine too (with
     ``batch`` MIN:OPT:MAX as its profile and the TensorRT fields at the end). ``plain``: emit without the graph
     rewrites. ``batch_tile``: ``off`` (default), ``auto`` (a cache-sized tile, kept only if faster on this
     machine) or a count of samples (:mod:`densegraph.export.tiling`). ``labels``: class names (a file with one
@@ -40,6 +41,7 @@ class BuildOptions:
     target: str = "onnx"
     calib: str | None = None
     calib_samples: int = 256
+    calib_batch: int = 8
     batch: tuple[int, int, int] = (1, 8, 32)
     opset: int = DEFAULT_OPSET
     plain: bool = False
@@ -77,6 +79,11 @@ def check_options(options: BuildOptions) -> None:
         raise BuildError("--calib is only used with --precision int8")
     if options.calib_samples <= 0:
         raise BuildError(f"--calib-samples must be positive, got {options.calib_samples}")
+    if options.calib_batch <= 0:
+        raise BuildError(
+            f"--calib-batch must be positive, got {options.calib_batch}",
+            hint="1 holds the least memory; the MinMax ranges are the same at every size",
+        )
     seed = options.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise BuildError(f"--seed must be an integer in [0, 2**32), got {seed!r}")

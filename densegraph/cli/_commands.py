@@ -68,6 +68,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         target=args.target,
         calib=args.calib,
         calib_samples=args.calib_samples,
+        calib_batch=args.calib_batch,
         batch=tuple(args.batch_range),
         opset=args.opset,
         plain=args.plain,

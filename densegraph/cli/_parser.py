@@ -139,6 +139,14 @@ def _add_build(sub: Any) -> None:
     p.add_argument(
         "--calib-samples", type=int, default=256, metavar="N", help="calibration samples (default 256)"
     )
+    p.add_argument(
+        "--calib-batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="calibration samples run at once (default 8): bounds calibration memory, which grows with N; "
+        "the MinMax ranges do not depend on it",
+    )
     p.add_argument("--opset", type=int, default=19, metavar="N", help="ONNX opset (default 19)")
     p.add_argument(
         "--target", choices=("onnx", "tensorrt"), default="onnx", help="what to build (default onnx)"

@@ -195,6 +195,56 @@ def test_bad_calibration_data_is_a_user_error(tiny_cpu: Path, tmp_path: Path) ->
     assert not out.exists()
 
 
+@pytest.mark.parametrize("form", ["qdq", "cpu"])
+def test_minmax_ranges_do_not_depend_on_the_calibration_batch(
+    tiny_models: dict[str, Path], tmp_path: Path, form: str
+) -> None:
+    """A MinMax range is the min/max over every sample however they are batched: batch 1 and batch 8 give the
+    same graph and the same int8 weights, zero points and int32 biases; the float scales differ at most in
+    the last bits (onnxruntime's convs round differently at another batch size)."""
+    models = {}
+    for batch in (1, 8):
+        quantize_onnx(tiny_models[form], tmp_path / f"b{batch}.onnx", calib(), form=form, batch_size=batch)
+        models[batch] = onnx.load(tmp_path / f"b{batch}.onnx")
+    one, eight = (initializers(models[b]) for b in (1, 8))
+    assert one.keys() == eight.keys()
+    scales = [name for name, value in one.items() if name.endswith("_scale") and value.ndim == 0]
+    assert len(scales) >= 20  # the activations' scales, compared below with everything else
+    for name, value in one.items():
+        if value.dtype == np.float32:
+            np.testing.assert_allclose(eight[name], value, rtol=1e-6, atol=0, err_msg=name)
+        else:
+            assert np.array_equal(eight[name], value), name
+    for model in models.values():
+        model.graph.ClearField("initializer")
+    assert models[1].SerializeToString() == models[8].SerializeToString()
+
+
+def test_calibration_runs_batch_size_samples_at_a_time(
+    tiny_cpu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What bounds calibration memory: the calibrator's session sees at most ``batch_size`` samples a run."""
+    from densegraph.export import quantize
+
+    seen: list[int] = []
+    get_next = quantize._Reader.get_next
+
+    def recording(self: Any) -> dict[str, np.ndarray] | None:
+        batch = get_next(self)
+        if batch is not None:
+            seen.append(len(batch["images"]))
+        return batch
+
+    monkeypatch.setattr(quantize._Reader, "get_next", recording)
+    info = quantize_onnx(tiny_cpu, tmp_path / "int8.onnx", calib(), form="cpu", batch_size=5)
+    # (an onnxruntime older than calibration_cache_path reads the data once more in quantize_static)
+    assert seen[:4] == [5, 5, 5, 1] and set(seen) == {5, 1} and info["calibration"]["batch_size"] == 5
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            quantize_onnx(tiny_cpu, tmp_path / "bad.onnx", calib(), form="cpu", batch_size=bad)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 @pytest.mark.slow
 def test_int8_keeps_digits_top1_within_a_point(tmp_path: Path) -> None:
     """A digits model trained by the project (3 epochs): both int8 forms within 1 point of fp32 top-1."""
