@@ -21,6 +21,11 @@ Contenders (all fp32 unless said; the same weights: seeded init with non-trivial
   (speed only: the weights are random anyway).
 - ``ort traced`` (with ``--traced``): ``torch.onnx.export`` of ``freeze(m, for_export=True)``: the same
   rewrites traced by the TorchScript exporter, as densegraph made its ONNX before it emitted it from the graph;
+- with ``--openvino`` (OpenVINO CPU, ``--threads`` inference threads, latency hint, ``f32`` inference precision
+  so no host silently runs bf16): ``ov torchvision`` (torchvision's export), ``ov nncf int8`` (OpenVINO's own
+  post-training int8: ``nncf.quantize`` of torchvision's model on the same calibration images, the issue's
+  int8 anchor) and ``ov int8 qdq`` (densegraph's ``qdq`` int8 model, which OpenVINO runs in int8), all against
+  ``ort torchvision``. Rows also give ``rel_error``: max |logit error| / max |logit|, the anchor's measure.
 
 Within a batch size, rounds alternate the contenders: the PyTorch pair and the onnxruntime group each run
 back to back, in order then reversed, the PyTorch pair on ``--eager-iters`` of the ``--iters`` rounds (so load
@@ -42,8 +47,10 @@ The last line printed is JSON: times, errors, the three target ratios at the lar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
 import platform
@@ -72,6 +79,9 @@ BASELINES = {
     "ort int8 tiled": "ort int8 cpu",
     "ort int8 qdq": "ort torchvision",
     "ort traced": "ort densegraph",
+    "ov torchvision": "ort torchvision",
+    "ov nncf int8": "ort torchvision",
+    "ov int8 qdq": "ort torchvision",
 }
 # (name, contender, baseline, target) at the largest batch
 TARGETS = (
@@ -79,6 +89,8 @@ TARGETS = (
     ("densegraph_onnx_vs_torchvision_onnx", "ort densegraph", "ort torchvision", 1.1),
     ("int8_cpu_vs_torchvision_onnx", "ort int8 cpu", "ort torchvision", 3.0),
     ("int8_cpu_vs_fp32_onnx", "ort int8 cpu", "ort densegraph", 1.5),
+    # the issue's int8 anchor: OpenVINO's own post-training int8 of torchvision's model (--openvino)
+    ("int8_cpu_vs_openvino_nncf", "ort int8 cpu", "ov nncf int8", 1.0),
 )
 
 
@@ -389,6 +401,11 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--digits-epochs", type=int, default=6)
     parser.add_argument("--digits-calib", type=int, default=256)
     parser.add_argument("--profile", action="store_true", help="onnxruntime per-op times, largest batch")
+    parser.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also OpenVINO: torchvision fp32, NNCF int8, densegraph qdq int8",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the ONNX models in this folder")
     return parser.parse_args()
 
@@ -443,6 +460,43 @@ def _reference_module(plain: Any, spec: Any) -> tuple[Any, str]:
     return reference, f"torch.onnx.export of {what}, the same weights"
 
 
+def _calibration(args: argparse.Namespace, shape: tuple[int, ...]) -> np.ndarray:
+    """The calibration images every int8 contender is calibrated on (standard normal, seeded)."""
+    return np.random.default_rng(0).standard_normal((args.calib_samples, *shape), dtype=np.float32)
+
+
+def _openvino(paths: dict[str, Path], calib: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """The OpenVINO contenders (see the module docstring): name -> a function of the input batch."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "INFERENCE_NUM_THREADS": args.threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    torchvision = core.read_model(os.fspath(paths["ort torchvision"]))
+    models = {"ov torchvision": torchvision}
+    dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
+        warnings.simplefilter("ignore")
+        models["ov nncf int8"] = nncf.quantize(
+            core.read_model(os.fspath(paths["ort torchvision"])), dataset, subset_size=len(calib)
+        )
+    if "ort int8 qdq" in paths:
+        models["ov int8 qdq"] = core.read_model(os.fspath(paths["ort int8 qdq"]))
+    runners = {}
+    for name, model in models.items():
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+        runners[name] = functools.partial(_run_openvino, request)
+    return runners
+
+
+def _run_openvino(request: Any, x: np.ndarray) -> np.ndarray:
+    return request.infer({0: x})[0]
+
+
 def _prepare_onnx(
     plain: Any, spec: Any, graph: Any, shape: tuple[int, ...], folder: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -471,7 +525,7 @@ def _prepare_onnx(
         paths["ort traced"] = folder / "traced.onnx"
     reports: dict[str, Any] = {}
     if not args.no_int8:
-        calib = np.random.default_rng(0).standard_normal((args.calib_samples, *shape), dtype=np.float32)
+        calib = _calibration(args, shape)
         _emit(plain, INT8_CPU_PASSES, folder / "densegraph.cpu.onnx")
         for form in ("cpu", "qdq"):
             start = time.perf_counter()
@@ -500,6 +554,7 @@ def _measure(
     sessions: dict[str, Any],
     shape: tuple[int, ...],
     args: argparse.Namespace,
+    others: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Times (median ms), paired speedups against each contender's baseline and errors at one batch size; and
     the paired ratios of :data:`TARGETS`."""
@@ -513,6 +568,7 @@ def _measure(
     ort: dict[str, Callable[[], Any]] = {
         name: functools.partial(_run_session, session, xn) for name, session in sessions.items()
     }
+    ort.update({name: functools.partial(run, xn) for name, run in (others or {}).items()})
     with torch.inference_mode():
         reference = plain(x).numpy().astype(np.float64)
         errors = {
@@ -535,6 +591,7 @@ def _measure(
             "wall_ms": round(1e3 * statistics.median(clocks["wall"]), 2),
             "cpu_ms": round(1e3 * statistics.median(clocks["cpu"]), 2),
             "max_abs_error": errors[name],
+            "rel_error": round(errors[name] / float(np.max(np.abs(reference))), 5),
         }
         if base != name and base in samples:
             rows[name]["speedup"] = {
@@ -593,11 +650,12 @@ def main() -> None:
         )
         console.print(f"baseline: {prepared['baseline']}")
         sessions = {name: _session(path, args.threads, args.spin) for name, path in prepared["paths"].items()}
-        measured = {str(b): _measure(b, plain, frozen, sessions, shape, args) for b in batches}
+        others = _openvino(prepared["paths"], _calibration(args, shape), args) if args.openvino else None
+        measured = {str(b): _measure(b, plain, frozen, sessions, shape, args, others) for b in batches}
         results = {b: rows for b, (rows, _) in measured.items()}
 
         table = Table(title="inference latency: medians of alternating rounds; speedup = paired median")
-        for column in ("batch", "contender", "wall ms", "cpu ms", "speedup", "over", "max |err|"):
+        for column in ("batch", "contender", "wall ms", "cpu ms", "speedup", "over", "max |err|", "rel err"):
             table.add_column(
                 column, justify="left" if column in ("contender", "over") else "right", no_wrap=True
             )
@@ -612,6 +670,7 @@ def main() -> None:
                     f"{up['wall']:.2f}x" if up else "",
                     up["vs"] if up else "",
                     f"{row['max_abs_error']:.1e}",
+                    f"{row['rel_error']:.3f}",
                 )
             table.add_section()
         console.print(table)
