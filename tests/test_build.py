@@ -428,6 +428,26 @@ def test_int8_build_of_a_trained_model_keeps_top1(capsys: pytest.CaptureFixture[
     assert sorted(p.name for p in out.iterdir()) == ["MODEL.md", "graph.svg", "manifest.json", "model.onnx"]
 
 
+def test_no_bias_correction_keeps_the_quantizers_biases(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((4, 3, 64, 64), np.float32))
+    out = tmp_path / "int8"
+    argv = [
+        "--precision",
+        "int8",
+        "--calib",
+        str(tmp_path / "calib.npy"),
+        "--no-bias-correction",
+        "-o",
+        str(out),
+    ]
+    code, _, err = build(capsys, TINY_SPEC, "--weights", WEIGHTS, *argv)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["bias_correction"] is False and manifest["parity"]["int8"]["passed"]
+
+
 def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((16, 3, 64, 64), np.float32))
     out = tmp_path / "int8"
@@ -452,6 +472,9 @@ def test_int8_build_with_unlabelled_calibration(capsys: pytest.CaptureFixture[st
     assert int8["passed"] and int8["samples"] == 8 and "top1_int8" not in int8
     assert manifest["calibration"]["split"] is None and manifest["calibration"]["calibration"]["samples"] == 8
     assert manifest["calibration"]["calibration"]["batch_size"] == 3  # --calib-batch reached the calibrator
+    # bias correction on by default: every quantized conv and the classifier, means measured on the 8 samples
+    assert manifest["calibration"]["bias_correction"]["layers"] > 10
+    assert manifest["calibration"]["bias_correction"]["samples"] == 8
     assert manifest["inputs"][0]["dtype"] == "float32"
     # tiled after quantization and scoring: the int8 graph runs inside the scan, checked against itself untiled
     assert manifest["batch_tile"] == 3 and manifest["model"]["ops"]["Scan"] == 1

@@ -63,7 +63,14 @@ def int8_model(
     # "cpu" form (uint8 activations, int8 end to end). Both stay available through quantize_onnx.
     form = "qdq" if options.target == "tensorrt" else "cpu"
     with _root_logger_silenced():
-        done = quantize_onnx(fp32_path, path, calib.x, form=form, batch_size=options.calib_batch)
+        done = quantize_onnx(
+            fp32_path,
+            path,
+            calib.x,
+            form=form,
+            batch_size=options.calib_batch,
+            bias_correction=options.bias_correction,
+        )
     model = onnx.load(os.fspath(path))
     _keep_symbolic_dims(fp32, model)
     stamp(model, fp32.graph.name, fp32.doc_string)  # the quantizer names itself the producer

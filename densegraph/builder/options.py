@@ -28,7 +28,8 @@ class BuildOptions:
     (torchvision's keys accepted); without it the model is initialised from ``seed``. ``precision``: fp32,
     fp16 (fp16 compute, fp32 ``images``/``logits``) or int8 (needs ``calib``: ``digits``, an image folder or an
     ``.npy``; ``calib_samples`` of it, run through the calibrator ``calib_batch`` at a time: peak memory grows
-    with it, the MinMax ranges do not depend on it). ``target``: ``onnx``, or ``tensorrt`` for an engine too (with
+    with it, the MinMax ranges do not depend on it; ``bias_correction`` moves each layer's bias by the mean shift
+    its int8 weights cause, :mod:`densegraph.export.bias_correction`). ``target``: ``onnx``, or ``tensorrt`` for an engine too (with
     ``batch`` MIN:OPT:MAX as its profile and the TensorRT fields at the end). ``plain``: emit without the graph
     rewrites. ``batch_tile``: ``off`` (default), ``auto`` (a cache-sized tile, kept only if faster on this
     machine) or a count of samples (:mod:`densegraph.export.tiling`). ``labels``: class names (a file with one
@@ -42,6 +43,7 @@ class BuildOptions:
     calib: str | None = None
     calib_samples: int = 256
     calib_batch: int = 8
+    bias_correction: bool = True
     batch: tuple[int, int, int] = (1, 8, 32)
     opset: int = DEFAULT_OPSET
     plain: bool = False

@@ -69,6 +69,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         calib=args.calib,
         calib_samples=args.calib_samples,
         calib_batch=args.calib_batch,
+        bias_correction=args.bias_correction,
         batch=tuple(args.batch_range),
         opset=args.opset,
         plain=args.plain,

@@ -147,6 +147,13 @@ def _add_build(sub: Any) -> None:
         help="calibration samples run at once (default 8): bounds calibration memory, which grows with N; "
         "the MinMax ranges do not depend on it",
     )
+    p.add_argument(
+        "--no-bias-correction",
+        dest="bias_correction",
+        action="store_false",
+        help="int8: keep the quantized layers' biases as they are (by default each moves by the mean shift "
+        "its int8 weights put on its output, measured on the calibration data)",
+    )
     p.add_argument("--opset", type=int, default=19, metavar="N", help="ONNX opset (default 19)")
     p.add_argument(
         "--target", choices=("onnx", "tensorrt"), default="onnx", help="what to build (default onnx)"
