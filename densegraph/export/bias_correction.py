@@ -35,6 +35,9 @@ def with_biases(model: Any) -> int:
     from onnx import numpy_helper
 
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    taken = (
+        set(shapes) | {v for n in model.graph.node for v in n.output} | {i.name for i in model.graph.input}
+    )
     added = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) > 2 or node.input[1] not in shapes:
@@ -42,6 +45,9 @@ def with_biases(model: Any) -> int:
         transposed = node.op_type == "Gemm" and not _attribute(node, "transB", 0)
         outputs = shapes[node.input[1]][1 if transposed else 0]
         name = f"{node.name or node.output[0]}.bias"
+        while name in taken:  # a model not emitted by densegraph may already use the name
+            name = f"{name}_"
+        taken.add(name)
         model.graph.initializer.append(numpy_helper.from_array(np.zeros(outputs, np.float32), name))
         node.input.append(name)
         added += 1

@@ -85,6 +85,12 @@ def test_with_biases_adds_zero_biases_and_keeps_the_function() -> None:
     assert len(model.graph.node[1].input) == 3
     np.testing.assert_array_equal(session_run(model, x), before)
     assert with_biases(model) == 0  # a conv with a bias is left alone
+    # a name the model already uses is not reused
+    taken = one_conv(bias=False)
+    # the conv ("conv") would get "conv.bias", here the name of the value it reads
+    taken.graph.node[0].output[0] = taken.graph.node[1].input[0] = "conv.bias"
+    assert with_biases(taken) == 1 and taken.graph.node[1].input[2] == "conv.bias_"
+    np.testing.assert_array_equal(session_run(taken, x), before)
 
 
 @pytest.mark.parametrize("form", ["cpu", "qdq"])
