@@ -92,8 +92,6 @@ def correct_biases(
     largest = 0.0
     moved = 0
     for node, weight_dq, x, source in sites:
-        if x not in means:
-            continue
         w = numpy_helper.to_array(fp32_inits[source.input[1]]).astype(np.float64)
         wq = _dequantized(weight_dq, inits)
         if wq.shape != w.shape:
